@@ -1,0 +1,31 @@
+//! Command-line definitions of every binary, kept in the library so that the
+//! man pages in `man/` can be generated from them and checked by a test
+//! (`tests/man.rs`), and so that the daemon can share argument types with the
+//! tools. Each binary in `src/bin/` parses its `Args`, calls the library, and
+//! reports errors through [`report`].
+
+use std::fmt::Display;
+use std::io;
+use std::process::ExitCode;
+
+/// Initialise env_logger: `RUST_LOG` wins, else `default` (e.g. "warn" for the
+/// quiet pipeline tools, "info" for the daemon). Logs go to stderr.
+pub fn init_logging(default: &str) {
+    let env = env_logger::Env::default().default_filter_or(default);
+    env_logger::Builder::from_env(env).init();
+}
+
+/// Print `error: <msg>` on one line of stderr and return exit status 1.
+/// Errors are printed with Display, never Debug, so the line stays one line
+/// even with RUST_BACKTRACE set.
+pub fn report(err: &dyn Display) -> ExitCode {
+    let msg = err.to_string().replace('\n', " ");
+    eprintln!("error: {msg}");
+    ExitCode::from(1)
+}
+
+/// True when a write failed because the reader of our stdout went away; Unix
+/// tools treat that as a normal end, not an error.
+pub fn is_broken_pipe(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::BrokenPipe
+}

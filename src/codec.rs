@@ -1,0 +1,1 @@
+//! Streaming gzip / zstd decoding (owned by the qdb-unzip work).

@@ -1,0 +1,1 @@
+//! TCP listen / connect (owned by the qdb-recv work).
