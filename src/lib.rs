@@ -13,7 +13,16 @@
 //! * [`codec`]: streaming gzip/zstd decoding.
 //! * [`net`]: TCP listen/connect with backoff.
 
+pub mod apply;
 pub mod cli;
 pub mod codec;
+pub mod error;
 pub mod layout;
+pub mod meta;
 pub mod net;
+pub mod page;
+pub mod pipe;
+pub mod store;
+pub mod wal;
+
+pub use error::{Error, Result, StreamError};

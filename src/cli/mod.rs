@@ -29,3 +29,21 @@ pub fn report(err: &dyn Display) -> ExitCode {
 pub fn is_broken_pipe(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::BrokenPipe
 }
+
+pub mod apply;
+pub mod ckpt;
+
+/// Exit status for a bad stream (the follower is intact).
+pub const EXIT_STREAM: u8 = 1;
+/// Exit status for a local failure (disk, permissions, lock).
+pub const EXIT_LOCAL: u8 = 3;
+
+/// Report a library error with the exit status its kind calls for.
+pub fn report_error(err: &crate::Error) -> ExitCode {
+    report(err);
+    if err.is_stream_error() {
+        ExitCode::from(EXIT_STREAM)
+    } else {
+        ExitCode::from(EXIT_LOCAL)
+    }
+}

@@ -1,0 +1,462 @@
+//! Applying a WAL stream to a follower (spec §6) with the durability order
+//! this project promises:
+//!
+//! 1. a page is durable (segment fsynced) before `meta.last_lsn` covers it;
+//! 2. `meta` is replaced atomically (tmp, fsync, rename, folder fsync);
+//! 3. `meta.last_lsn` is durable before anyone is told about it (the commit
+//!    hook, used for checkpoint files, runs after the meta write).
+//!
+//! Gating and growth follow QuiverDB 1.x exactly, so every stream 1.x
+//! `wal-apply` accepts ends in the same data files. Deliberate differences
+//! (all documented in the README):
+//! * fsyncs are batched (group commit) and `meta.last_lsn` advances at each
+//!   batch, not only at the end of the stream;
+//! * after a corrupt record, the good prefix is made durable and its highest
+//!   LSN is persisted (1.x leaves last_lsn unchanged);
+//! * untrusted lengths and page ids are bounded before anything is allocated;
+//! * a payload page whose own CRC is wrong is rejected, never written;
+//! * the DB is locked, and created on first use if it does not exist.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result, StreamError};
+use crate::layout::{is_valid_page_size, WAL_RECORD_HEADER_LEN, WAL_TYPE_TRUNCATE};
+use crate::meta::{self, Meta};
+use crate::page::{self, PageCrc};
+use crate::pipe::ChunkReader;
+use crate::store::{self, DbLock, Fs, FsyncPolicy, Store};
+use crate::wal::{Next, RecordHeader, StreamEnd, WalReader};
+
+/// Default `--max-pages`: 2^28 pages (1 TiB at 4 KiB pages, 8 TiB at 32 KiB).
+/// Absolute, not relative to the follower's size, because a resumed stream
+/// may legitimately jump far past the follower's end (spec §12.3).
+pub const DEFAULT_MAX_PAGES: u64 = 1 << 28;
+
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    pub fsync: FsyncPolicy,
+    /// Refuse page ids >= this.
+    pub max_pages: u64,
+    /// Create a missing DB with this page size at open; without it, a
+    /// missing DB is created with the size of the first page image.
+    pub page_size: Option<u32>,
+    /// Create the DB if it has no meta.
+    pub create: bool,
+    /// Block until the lock is free instead of failing.
+    pub wait_lock: bool,
+    /// Commit after this many bytes of applied pages.
+    pub batch_bytes: u64,
+    /// Commit at least this often while data flows.
+    pub batch_interval: Duration,
+    /// When the input pauses, wait this long for more before committing.
+    pub idle_grace: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            fsync: FsyncPolicy::Batch,
+            max_pages: DEFAULT_MAX_PAGES,
+            page_size: None,
+            create: true,
+            wait_lock: false,
+            batch_bytes: 64 << 20,
+            batch_interval: Duration::from_millis(1000),
+            idle_grace: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Input that can say whether more bytes are available without blocking.
+pub trait Input: Read {
+    /// True when a read would have to wait for the sender.
+    fn idle(&mut self) -> bool {
+        false
+    }
+    /// Wait up to `timeout` for input; true if some arrived (or the end).
+    fn wait(&mut self, _timeout: Duration) -> bool {
+        true
+    }
+}
+
+impl Input for ChunkReader {
+    fn idle(&mut self) -> bool {
+        ChunkReader::idle(self)
+    }
+    fn wait(&mut self, timeout: Duration) -> bool {
+        ChunkReader::wait(self, timeout)
+    }
+}
+
+/// A plain reader that never reports itself idle (files, in-memory streams).
+pub struct Plain<R>(pub R);
+
+impl<R: Read> Read for Plain<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+impl<R: Read> Input for Plain<R> {}
+
+/// What one stream (session) did.
+#[derive(Clone, Debug, Default)]
+pub struct SessionStats {
+    /// CRC-valid records.
+    pub records: u64,
+    pub applied: u64,
+    pub skipped: u64,
+    /// TRUNCATE and unknown-type records (checked, counted, ignored).
+    pub ignored: u64,
+    pub mid_headers: u64,
+    /// Stream bytes consumed.
+    pub bytes: u64,
+    pub commits: u64,
+    /// meta.last_lsn on disk after the session.
+    pub last_lsn: u64,
+    pub end: Option<StreamEnd>,
+}
+
+type CommitHook = Box<dyn FnMut(&Meta) + Send>;
+
+/// An open follower DB: holds the lock for its lifetime and applies streams.
+pub struct Follower {
+    fs: Arc<dyn Fs>,
+    root: PathBuf,
+    _lock: DbLock,
+    opts: ApplyOptions,
+    /// `None` until the DB exists (it is created on the first page image).
+    db: Option<(Meta, Store)>,
+    /// Highest CRC-valid record LSN seen; never below meta.last_lsn.
+    max_lsn: u64,
+    /// Page writes or growth not yet covered by a commit.
+    dirty: bool,
+    dirty_bytes: u64,
+    last_commit: Instant,
+    payload: Vec<u8>,
+    current: Vec<u8>,
+    warnings: u32,
+    hook: Option<CommitHook>,
+}
+
+/// At most this many per-record warnings per session, so a hostile stream
+/// cannot flood the log.
+const MAX_RECORD_WARNINGS: u32 = 10;
+
+impl Follower {
+    /// Lock `root` and open (or, with `opts.page_size`, create) its DB.
+    pub fn open(fs: Arc<dyn Fs>, root: &Path, opts: ApplyOptions) -> Result<Follower> {
+        let lock = DbLock::acquire(root, opts.wait_lock)?;
+        let mut meta = meta::read_meta(&*fs, root)?;
+        match (meta, opts.page_size) {
+            (Some(m), Some(ps)) if m.page_size != ps => {
+                return Err(Error::PageSizeMismatch {
+                    path: root.to_path_buf(),
+                    db: m.page_size,
+                    requested: ps,
+                })
+            }
+            (None, Some(ps)) if opts.create => {
+                meta = Some(store::init_db(&*fs, root, ps)?);
+                log::info!(
+                    "created follower database {} (page size {ps})",
+                    root.display()
+                );
+            }
+            (None, Some(ps)) if !is_valid_page_size(ps) => return Err(Error::InvalidPageSize(ps)),
+            (None, _) if !opts.create => {
+                return Err(Error::NoDatabase {
+                    path: root.to_path_buf(),
+                })
+            }
+            _ => {}
+        }
+        let db = meta.map(|m| {
+            let s = Store::open(fs.clone(), root, &m, opts.fsync);
+            (m, s)
+        });
+        let max_lsn = db.as_ref().map_or(0, |(m, _)| m.last_lsn);
+        Ok(Follower {
+            fs,
+            root: root.to_path_buf(),
+            _lock: lock,
+            opts,
+            db,
+            max_lsn,
+            dirty: false,
+            dirty_bytes: 0,
+            last_commit: Instant::now(),
+            payload: Vec::new(),
+            current: Vec::new(),
+            warnings: 0,
+            hook: None,
+        })
+    }
+
+    /// Called after every commit that changed meta, with the durable meta.
+    pub fn set_commit_hook(&mut self, hook: impl FnMut(&Meta) + Send + 'static) {
+        self.hook = Some(Box::new(hook));
+    }
+
+    /// The durable meta, if the DB exists.
+    pub fn meta(&self) -> Option<&Meta> {
+        self.db.as_ref().map(|(m, _)| m)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Apply one stream until its end. On a stream error, every page before
+    /// the bad record is made durable and covered by meta.last_lsn before the
+    /// error is returned.
+    pub fn apply<I: Input>(&mut self, input: I, stats: &mut SessionStats) -> Result<()> {
+        self.warnings = 0;
+        let res = self.apply_inner(input, stats);
+        // Commit whatever the stream delivered, whether it ended well or not.
+        let committed = self.commit(stats);
+        stats.last_lsn = self.meta().map_or(0, |m| m.last_lsn);
+        match (res, committed) {
+            (Err(e), Ok(())) => Err(e),
+            // A local failure outranks a stream error: the daemon must stop.
+            (_, Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    }
+
+    fn apply_inner<I: Input>(&mut self, input: I, stats: &mut SessionStats) -> Result<()> {
+        let mut rd = WalReader::open(input)?;
+        let res = self.record_loop(&mut rd, stats);
+        stats.bytes += rd.offset();
+        stats.mid_headers += rd.mid_headers;
+        res
+    }
+
+    fn record_loop<I: Input>(
+        &mut self,
+        rd: &mut WalReader<I>,
+        stats: &mut SessionStats,
+    ) -> Result<()> {
+        loop {
+            // Group commit: when the sender pauses, make the batch durable
+            // (after a short grace, so a burst split across reads stays one batch).
+            if self.dirty_or_behind()
+                && rd.get_mut().idle()
+                && !rd.get_mut().wait(self.opts.idle_grace)
+            {
+                self.commit(stats)?;
+            }
+            let (hdr, raw) = match rd.next_header()? {
+                Next::Record(h, raw) => (h, raw),
+                Next::End(end) => {
+                    stats.end = Some(end);
+                    return Ok(());
+                }
+            };
+            let offset = rd.offset() - WAL_RECORD_HEADER_LEN as u64;
+            let end = if hdr.is_page_image() {
+                self.page_image(rd, offset, &hdr, &raw, stats)?
+            } else {
+                let end = rd.skip_payload(&hdr, &raw)?;
+                if end.is_none() {
+                    self.saw_lsn(&hdr);
+                    stats.records += 1;
+                    stats.ignored += 1;
+                    if hdr.rtype != WAL_TYPE_TRUNCATE {
+                        log::debug!(
+                            "ignored record of unknown type {} (lsn {})",
+                            hdr.rtype,
+                            hdr.lsn
+                        );
+                    }
+                }
+                end
+            };
+            if let Some(end) = end {
+                stats.end = Some(end);
+                return Ok(());
+            }
+            if self.dirty_bytes >= self.opts.batch_bytes
+                || (self.dirty_or_behind()
+                    && self.last_commit.elapsed() >= self.opts.batch_interval)
+            {
+                self.commit(stats)?;
+            }
+        }
+    }
+
+    fn page_image<I: Input>(
+        &mut self,
+        rd: &mut WalReader<I>,
+        offset: u64,
+        hdr: &RecordHeader,
+        raw: &[u8; WAL_RECORD_HEADER_LEN],
+        stats: &mut SessionStats,
+    ) -> Result<Option<StreamEnd>> {
+        // Bound everything untrusted before reading or allocating (§12.3).
+        let page_size = match &self.db {
+            Some((m, _)) => m.page_size,
+            None if is_valid_page_size(hdr.len) => hdr.len,
+            None => {
+                return Err(StreamError::InvalidPageLen {
+                    offset,
+                    len: hdr.len,
+                }
+                .into())
+            }
+        };
+        if hdr.len != page_size {
+            return Err(StreamError::PageLenMismatch {
+                offset,
+                lsn: hdr.lsn,
+                page_id: hdr.page_id,
+                len: hdr.len,
+                page_size,
+            }
+            .into());
+        }
+        if hdr.page_id >= self.opts.max_pages {
+            return Err(StreamError::PageIdTooLarge {
+                offset,
+                page_id: hdr.page_id,
+                max_pages: self.opts.max_pages,
+            }
+            .into());
+        }
+        let mut payload = std::mem::take(&mut self.payload);
+        let res = self.page_image_payload(rd, offset, hdr, raw, &mut payload, stats);
+        self.payload = payload;
+        res
+    }
+
+    fn page_image_payload<I: Input>(
+        &mut self,
+        rd: &mut WalReader<I>,
+        offset: u64,
+        hdr: &RecordHeader,
+        raw: &[u8; WAL_RECORD_HEADER_LEN],
+        payload: &mut Vec<u8>,
+        stats: &mut SessionStats,
+    ) -> Result<Option<StreamEnd>> {
+        if let Some(end) = rd.read_payload(hdr, raw, payload)? {
+            return Ok(Some(end));
+        }
+        // A valid 1.x stream always carries a correct page CRC (or 0) on v2
+        // pages (§12.8): a mismatch means corruption we must not write.
+        if let PageCrc::Mismatch { stored, computed } = page::check_page_crc(payload) {
+            return Err(StreamError::CorruptPage {
+                offset,
+                lsn: hdr.lsn,
+                page_id: hdr.page_id,
+                stored,
+                computed,
+            }
+            .into());
+        }
+        if self.db.is_none() {
+            let m = store::init_db(&*self.fs, &self.root, hdr.len)?;
+            log::info!(
+                "created follower database {} (page size {} from the stream)",
+                self.root.display(),
+                hdr.len
+            );
+            let s = Store::open(self.fs.clone(), &self.root, &m, self.opts.fsync);
+            self.db = Some((m, s));
+        }
+        self.saw_lsn(hdr);
+        stats.records += 1;
+        let new_lsn = page::v2_page_lsn(payload);
+        if let Some(n) = new_lsn {
+            if n != hdr.lsn {
+                self.warn(format_args!(
+                    "page {} record lsn {} carries page lsn {n}: gating on the page lsn, as QuiverDB 1.x does",
+                    hdr.page_id, hdr.lsn
+                ));
+            }
+        }
+        let (_, store) = self.db.as_mut().expect("db exists");
+        let id = hdr.page_id;
+        let mut apply = true;
+        if id < store.next_page_id() {
+            self.current.resize(payload.len(), 0);
+            if store.read_page(id, &mut self.current)?.is_ok() {
+                let cur_lsn = page::v2_page_lsn(&self.current);
+                if let (Some(c), Some(n)) = (cur_lsn, new_lsn) {
+                    apply = n > c;
+                }
+            }
+        }
+        if apply {
+            store.ensure_allocated(id)?;
+            store.write_page(id, payload)?;
+            self.dirty = true;
+            self.dirty_bytes += payload.len() as u64;
+            stats.applied += 1;
+            log::trace!("applied page {id} lsn {}", hdr.lsn);
+        } else {
+            stats.skipped += 1;
+            log::trace!("skipped page {id} lsn {} (not newer)", hdr.lsn);
+        }
+        Ok(None)
+    }
+
+    /// Count a CRC-valid record's LSN towards last_lsn, and warn about gaps.
+    fn saw_lsn(&mut self, hdr: &RecordHeader) {
+        if hdr.lsn > self.max_lsn + 1 && hdr.lsn > 1 {
+            let (have, next) = (self.max_lsn, hdr.lsn);
+            self.warn(format_args!(
+                "LSN gap: the follower has every LSN up to {have} but the stream continues at {next}: frames the leader truncated were never received; if they changed pages, re-seed the follower from a leader backup"
+            ));
+        }
+        self.max_lsn = self.max_lsn.max(hdr.lsn);
+    }
+
+    fn warn(&mut self, msg: std::fmt::Arguments<'_>) {
+        self.warnings += 1;
+        if self.warnings <= MAX_RECORD_WARNINGS {
+            log::warn!("{msg}");
+        } else if self.warnings == MAX_RECORD_WARNINGS + 1 {
+            log::warn!("more warnings in this session are suppressed");
+        }
+    }
+
+    fn dirty_or_behind(&self) -> bool {
+        self.dirty
+            || self.db.as_ref().is_some_and(|(m, s)| {
+                self.max_lsn > m.last_lsn || s.next_page_id() != m.next_page_id
+            })
+    }
+
+    /// Make every applied page durable, then persist meta (last_lsn = the
+    /// highest LSN seen, next_page_id) if it changed.
+    pub fn commit(&mut self, stats: &mut SessionStats) -> Result<()> {
+        self.last_commit = Instant::now();
+        let Some((meta, store)) = self.db.as_mut() else {
+            return Ok(());
+        };
+        if self.dirty {
+            store.sync()?;
+            self.dirty = false;
+            self.dirty_bytes = 0;
+        }
+        let mut next = *meta;
+        next.last_lsn = meta.last_lsn.max(self.max_lsn);
+        next.next_page_id = store.next_page_id();
+        if next != *meta {
+            meta::write_meta(&*self.fs, &self.root, &next)?;
+            *meta = next;
+            stats.commits += 1;
+            log::debug!(
+                "commit: last_lsn={} next_page_id={}",
+                next.last_lsn,
+                next.next_page_id
+            );
+            if let Some(hook) = self.hook.as_mut() {
+                hook(&next);
+            }
+        }
+        Ok(())
+    }
+}

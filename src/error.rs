@@ -1,0 +1,112 @@
+//! The library's typed errors. Every message is one line that says what is
+//! wrong and, where there is something to do, what to do; binaries print them
+//! with Display (`error: ...`).
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Something wrong with the incoming WAL stream. These end a session; the
+/// follower itself is intact (every page of the good prefix is durable).
+#[derive(Debug, Error)]
+pub enum StreamError {
+    #[error("input ended after {got} bytes, before the 16-byte WAL stream header was complete: the sender sent nothing usable (is the leader running wal-ship, and did it start from the beginning of its stream?)")]
+    ShortHeader { got: usize },
+    #[error("input is a QuiverDB 2.x WAL stream (magic P2WAL001), which is not supported: quiverdb-follower applies QuiverDB 1.x streams (P1WAL001) only")]
+    Wal2,
+    #[error("input looks like {what} ({seen}), not a raw WAL stream: decompress it first, e.g. `qdb-unzip | qdb-apply`, or match the leader's --compress")]
+    Compressed { what: &'static str, seen: String },
+    #[error("input is not a QuiverDB 1.x WAL stream: expected the magic P1WAL001, got {seen}; check that the sender is `quiverdb wal-ship` and that --decompress matches its --compress")]
+    BadMagic { seen: String },
+    #[error("WAL record CRC mismatch at stream offset {offset} (type {rtype}, lsn {lsn}, page {page_id}): stored {stored:#010x}, computed {computed:#010x}; the stream is corrupt: nothing of this record was written, everything before it is durable")]
+    CrcMismatch {
+        offset: u64,
+        rtype: u8,
+        lsn: u64,
+        page_id: u64,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("page image for page {page_id} (lsn {lsn}) at stream offset {offset} has len {len}, but the follower's page size is {page_size}: the leader and follower page sizes differ (recreate the follower with the leader's page size) or the stream is corrupt")]
+    PageLenMismatch {
+        offset: u64,
+        lsn: u64,
+        page_id: u64,
+        len: u32,
+        page_size: u32,
+    },
+    #[error("page image at stream offset {offset} has len {len}, which is not a QuiverDB page size (4096, 8192, 16384 or 32768): the stream is corrupt")]
+    InvalidPageLen { offset: u64, len: u32 },
+    #[error("record of type {rtype} at stream offset {offset} has len {len}, more than the {cap}-byte limit for non-page records: the stream is corrupt")]
+    RecordTooLong {
+        offset: u64,
+        rtype: u8,
+        len: u32,
+        cap: u32,
+    },
+    #[error("page image at stream offset {offset} targets page {page_id}, beyond the --max-pages limit of {max_pages} pages: refusing to grow the follower that far (raise --max-pages if the leader really is that large)")]
+    PageIdTooLarge {
+        offset: u64,
+        page_id: u64,
+        max_pages: u64,
+    },
+    #[error("page image for page {page_id} (lsn {lsn}) at stream offset {offset} carries a corrupt page: page CRC stored {stored:#010x}, computed {computed:#010x}; nothing of it was written")]
+    CorruptPage {
+        offset: u64,
+        lsn: u64,
+        page_id: u64,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("reading the WAL stream failed: {0}")]
+    Read(#[source] io::Error),
+}
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no QuiverDB database at {} (no meta file): check --path, or let qdb-apply create the follower", path.display())]
+    NoDatabase { path: PathBuf },
+    #[error("{} is not a QuiverDB 1.x meta v3 file: {reason}", path.display())]
+    BadMeta { path: PathBuf, reason: String },
+    #[error("{} has data segment files but no meta: refusing to create a database over them (move them away, or restore the meta file)", path.display())]
+    OrphanSegments { path: PathBuf },
+    #[error("the follower database {} is locked by another process (flock on {}): another qdb-apply or quiverdb-follower is running on it; stop it, or pass --wait-lock to wait", path.display(), path.join(crate::layout::LOCK_FILE).display())]
+    Locked { path: PathBuf },
+    #[error("page size {0} is not allowed by QuiverDB 1.x: use 4096, 8192, 16384 or 32768")]
+    InvalidPageSize(u32),
+    #[error("the follower database {} has page size {db}, but {requested} was requested: a follower must have its leader's page size", path.display())]
+    PageSizeMismatch {
+        path: PathBuf,
+        db: u32,
+        requested: u32,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True for errors caused by the incoming stream (the session is bad, the
+    /// follower is fine and the next session may proceed); false for local
+    /// errors (disk, permissions, lock) that should stop a daemon.
+    pub fn is_stream_error(&self) -> bool {
+        matches!(self, Error::Stream(_))
+    }
+}

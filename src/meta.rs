@@ -1,0 +1,192 @@
+//! meta v3 (spec §2): parse, encode, atomic replacement; and the checkpoint
+//! file, which is replaced the same way.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::layout::*;
+use crate::store::{Fs, OpenMode};
+
+/// The 41-byte meta v3 header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub page_size: u32,
+    pub flags: u32,
+    pub next_page_id: u64,
+    pub hash_kind: u32,
+    pub last_lsn: u64,
+    /// Kept as the raw byte: 1.x reads any non-zero value as clean, and a
+    /// follower never changes it, so we write back exactly what we read.
+    pub clean_shutdown: u8,
+}
+
+impl Meta {
+    /// What `quiverdb init --page-size N` writes (§1.1 step 5).
+    pub fn new_init(page_size: u32) -> Meta {
+        Meta {
+            page_size,
+            flags: 0,
+            next_page_id: 0,
+            hash_kind: HASH_KIND_XXH64,
+            last_lsn: 0,
+            clean_shutdown: 1,
+        }
+    }
+
+    /// Parse meta v3; `Err` carries the reason for a message.
+    pub fn parse(b: &[u8]) -> std::result::Result<Meta, String> {
+        if b.len() < 8 || &b[..8] != META_MAGIC {
+            return Err(format!(
+                "bad magic (expected P1DBMETA, got {})",
+                crate::wal::describe_bytes(b)
+            ));
+        }
+        if b.len() < 12 {
+            return Err(format!("only {} bytes long", b.len()));
+        }
+        let version = le_u32(b, META_OFF_VERSION);
+        if version != META_VERSION {
+            return Err(format!(
+                "meta version {version} (this tool reads and writes version 3 only; open the database once with QuiverDB 1.x to upgrade it)"
+            ));
+        }
+        if b.len() < META_LEN {
+            return Err(format!(
+                "only {} bytes long, meta v3 has {META_LEN}",
+                b.len()
+            ));
+        }
+        let m = Meta {
+            page_size: le_u32(b, META_OFF_PAGE_SIZE),
+            flags: le_u32(b, META_OFF_FLAGS),
+            next_page_id: le_u64(b, META_OFF_NEXT_PAGE_ID),
+            hash_kind: le_u32(b, META_OFF_HASH_KIND),
+            last_lsn: le_u64(b, META_OFF_LAST_LSN),
+            clean_shutdown: b[META_OFF_CLEAN],
+        };
+        if m.hash_kind != HASH_KIND_XXH64 {
+            return Err(format!("unknown hash_kind {}", m.hash_kind));
+        }
+        if !is_valid_page_size(m.page_size) {
+            return Err(format!("invalid page_size {}", m.page_size));
+        }
+        Ok(m)
+    }
+
+    pub fn encode(&self) -> [u8; META_LEN] {
+        let mut b = [0u8; META_LEN];
+        b[..8].copy_from_slice(META_MAGIC);
+        b[8..12].copy_from_slice(&META_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.page_size.to_le_bytes());
+        b[16..20].copy_from_slice(&self.flags.to_le_bytes());
+        b[20..28].copy_from_slice(&self.next_page_id.to_le_bytes());
+        b[28..32].copy_from_slice(&self.hash_kind.to_le_bytes());
+        b[32..40].copy_from_slice(&self.last_lsn.to_le_bytes());
+        b[40] = self.clean_shutdown;
+        b
+    }
+}
+
+pub fn meta_path(root: &Path) -> PathBuf {
+    root.join(META_FILE)
+}
+
+/// Read `<root>/meta`. `Ok(None)` when there is no meta file.
+pub fn read_meta(fs: &dyn Fs, root: &Path) -> Result<Option<Meta>> {
+    let path = meta_path(root);
+    let bytes = match fs.read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    Meta::parse(&bytes)
+        .map(Some)
+        .map_err(|reason| Error::BadMeta { path, reason })
+}
+
+/// Replace `<root>/meta` atomically, exactly as 1.x does (§2): remove
+/// meta.tmp, write it whole, fsync it, rename it over meta, fsync the folder.
+/// Unlike 1.x we do not ignore a failing folder fsync: until it succeeds the
+/// rename may not survive a crash, so the caller must not report the new
+/// last_lsn as durable.
+pub fn write_meta(fs: &dyn Fs, root: &Path, meta: &Meta) -> Result<()> {
+    replace_file(fs, root, META_TMP_FILE, META_FILE, &meta.encode())
+}
+
+/// Write a checkpoint file: last_lsn as decimal ASCII without a newline (the
+/// 1.x daemon's format), replaced atomically through `<file>.tmp`.
+pub fn write_checkpoint(fs: &dyn Fs, file: &Path, last_lsn: u64) -> Result<()> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = file
+        .file_name()
+        .ok_or_else(|| {
+            Error::io(
+                "checkpoint file has no file name:",
+                file,
+                io::Error::from(io::ErrorKind::InvalidInput),
+            )
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = format!("{name}.tmp");
+    replace_file(fs, &dir, &tmp, &name, last_lsn.to_string().as_bytes())
+}
+
+/// tmp + write + fsync + rename + fsync(folder).
+pub fn replace_file(
+    fs: &dyn Fs,
+    dir: &Path,
+    tmp_name: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let tmp = dir.join(tmp_name);
+    let dst = dir.join(name);
+    match fs.remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("cannot remove", tmp, e)),
+    }
+    let mut f = fs
+        .open(&tmp, OpenMode::CreateTruncate)
+        .map_err(|e| Error::io("cannot create", &tmp, e))?;
+    f.write_all_at(bytes, 0)
+        .map_err(|e| Error::io("cannot write", &tmp, e))?;
+    f.sync_all()
+        .map_err(|e| Error::io("cannot fsync", &tmp, e))?;
+    drop(f);
+    fs.rename(&tmp, &dst)
+        .map_err(|e| Error::io("cannot rename into place", &dst, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("cannot fsync folder", dir, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_meta_bytes_match_spec() {
+        // Spec §11.5: meta after `init --page-size 4096`.
+        let want = [
+            0x50, 0x31, 0x44, 0x42, 0x4d, 0x45, 0x54, 0x41, 0x03, 0, 0, 0, 0x00, 0x10, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+        ];
+        assert_eq!(Meta::new_init(4096).encode(), want);
+        assert_eq!(Meta::parse(&want).unwrap(), Meta::new_init(4096));
+    }
+
+    #[test]
+    fn rejects_non_meta() {
+        assert!(Meta::parse(b"P2DBMETA\x04\0\0\0").is_err());
+        let mut m = Meta::new_init(4096).encode();
+        m[28] = 2;
+        assert!(Meta::parse(&m).unwrap_err().contains("hash_kind"));
+        assert!(Meta::parse(&m[..20]).is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! The follower's data files (spec §1): segment addressing, growth, page
+//! reads and writes, fsync batching, `init`, and the DB lock.
+//!
+//! All file I/O goes through the small [`Fs`] / [`FileIo`] seam so that tests
+//! can inject faults (short writes, ENOSPC, EIO on fsync, failing renames)
+//! into the real code paths; [`StdFs`] is the real implementation.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fs2::FileExt as _;
+
+use crate::error::{Error, Result};
+use crate::layout::*;
+use crate::meta::{self, Meta};
+
+/// How a file is opened through the seam.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read only; the file must exist.
+    Read,
+    /// Read and write; the file must exist.
+    ReadWrite,
+    /// Read and write; create it if missing, never truncate.
+    Create,
+    /// Fail if the file exists.
+    CreateNew,
+    /// Create or truncate.
+    CreateTruncate,
+}
+
+/// One open file. Positional I/O only, so no seek state is shared.
+pub trait FileIo: Send {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
+    fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()>;
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    fn size(&self) -> io::Result<u64>;
+    /// fdatasync: data plus the metadata needed to read it back (the size).
+    fn sync_data(&mut self) -> io::Result<()>;
+    fn sync_all(&mut self) -> io::Result<()>;
+}
+
+/// The file system, as the follower uses it.
+pub trait Fs: Send + Sync {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn FileIo>>;
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// The real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdFs;
+
+struct StdFile(File);
+
+impl FileIo for StdFile {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.0.read_at(buf, off)
+    }
+    fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.0, buf, off)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
+
+impl Fs for StdFs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn FileIo>> {
+        let mut o = OpenOptions::new();
+        match mode {
+            OpenMode::Read => o.read(true),
+            OpenMode::ReadWrite => o.read(true).write(true),
+            OpenMode::Create => o.read(true).write(true).create(true),
+            OpenMode::CreateNew => o.read(true).write(true).create_new(true),
+            OpenMode::CreateTruncate => o.read(true).write(true).create(true).truncate(true),
+        };
+        Ok(Box::new(StdFile(o.open(path)?)))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+/// The exclusive `flock` on `<root>/LOCK` (§8), held until dropped. The same
+/// file and mechanism as QuiverDB 1.x, so 1.x readers and writers see it.
+#[derive(Debug)]
+pub struct DbLock {
+    _file: File,
+}
+
+impl DbLock {
+    /// Take the lock; with `wait` false, fail at once if another process holds it.
+    pub fn acquire(root: &Path, wait: bool) -> Result<DbLock> {
+        fs::create_dir_all(root).map_err(|e| Error::io("cannot create folder", root, e))?;
+        let path = root.join(LOCK_FILE);
+        // create+read+write and never truncate, as 1.x opens it.
+        #[allow(clippy::suspicious_open_options)]
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open lock file", &path, e))?;
+        let res = if wait {
+            file.lock_exclusive()
+        } else {
+            file.try_lock_exclusive()
+        };
+        match res {
+            Ok(()) => Ok(DbLock { _file: file }),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == Some(libc::EWOULDBLOCK) =>
+            {
+                Err(Error::Locked {
+                    path: root.to_path_buf(),
+                })
+            }
+            Err(e) => Err(Error::io("cannot lock", path, e)),
+        }
+    }
+}
+
+/// Create a DB exactly as `quiverdb init --page-size N` does (§1.1): an empty
+/// first segment, the WAL header, the empty free list, then meta. A folder
+/// left half-initialised by a crash (no meta, an empty first segment and no
+/// other segment) is completed; any other data without meta is refused.
+pub fn init_db(fs: &dyn Fs, root: &Path, page_size: u32) -> Result<Meta> {
+    if !is_valid_page_size(page_size) {
+        return Err(Error::InvalidPageSize(page_size));
+    }
+    fs.create_dir_all(root)
+        .map_err(|e| Error::io("cannot create folder", root, e))?;
+    let seg1 = root.join(segment_file_name(1));
+    if fs.exists(&seg1) {
+        let f = fs
+            .open(&seg1, OpenMode::Read)
+            .map_err(|e| Error::io("cannot open", &seg1, e))?;
+        let len = f.size().map_err(|e| Error::io("cannot stat", &seg1, e))?;
+        if len != 0 || fs.exists(&root.join(segment_file_name(2))) {
+            return Err(Error::OrphanSegments {
+                path: root.to_path_buf(),
+            });
+        }
+    }
+    let mut f = fs
+        .open(&seg1, OpenMode::Create)
+        .map_err(|e| Error::io("cannot create", &seg1, e))?;
+    f.sync_all()
+        .map_err(|e| Error::io("cannot fsync", &seg1, e))?;
+    let wal = root.join(WAL_FILE);
+    if !fs.exists(&wal) {
+        write_new_file(fs, &wal, &crate::wal::stream_header())?;
+    }
+    let free = root.join(FREE_FILE);
+    if !fs.exists(&free) {
+        let mut b = [0u8; FREE_HEADER_LEN];
+        b[..8].copy_from_slice(FREE_MAGIC);
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        write_new_file(fs, &free, &b)?;
+    }
+    let m = Meta::new_init(page_size);
+    meta::write_meta(fs, root, &m)?;
+    Ok(m)
+}
+
+fn write_new_file(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs
+        .open(path, OpenMode::CreateTruncate)
+        .map_err(|e| Error::io("cannot create", path, e))?;
+    f.write_all_at(bytes, 0)
+        .map_err(|e| Error::io("cannot write", path, e))?;
+    f.sync_all().map_err(|e| Error::io("cannot fsync", path, e))
+}
+
+/// When segment data is fsynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncPolicy {
+    /// fsync each dirty segment once per batch, before meta.last_lsn covers it.
+    Batch,
+    /// fsync the segment after every page write, as QuiverDB 1.x does.
+    Always,
+    /// Never fsync segments (meta is still replaced atomically). After a
+    /// crash, meta.last_lsn may claim pages that were lost: test use only.
+    Never,
+}
+
+struct Segment {
+    file: Box<dyn FileIo>,
+    len: u64,
+    dirty: bool,
+}
+
+/// The segment files of one DB, with the in-memory logical page count.
+pub struct Store {
+    fs: Arc<dyn Fs>,
+    root: PathBuf,
+    page_size: u32,
+    pages_per_seg: u64,
+    /// Index `seg_no - 1`; opened lazily.
+    segs: Vec<Option<Segment>>,
+    next_page_id: u64,
+    fsync: FsyncPolicy,
+    /// A segment file was created since the last sync: the folder needs an fsync.
+    dir_dirty: bool,
+}
+
+/// Why a page could not be read; any of these makes apply overwrite it (§6.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    NotAllocated,
+    MissingSegment,
+    ShortSegment,
+    CrcMismatch,
+    IoError,
+}
+
+impl Store {
+    pub fn open(fs: Arc<dyn Fs>, root: &Path, meta: &Meta, fsync: FsyncPolicy) -> Store {
+        Store {
+            fs,
+            root: root.to_path_buf(),
+            page_size: meta.page_size,
+            pages_per_seg: pages_per_segment(meta.page_size),
+            segs: Vec::new(),
+            next_page_id: meta.next_page_id,
+            fsync,
+            dir_dirty: false,
+        }
+    }
+
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    pub fn next_page_id(&self) -> u64 {
+        self.next_page_id
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn locate(&self, page_id: u64) -> (u64, u64) {
+        let seg_no = page_id / self.pages_per_seg + 1;
+        let off = (page_id % self.pages_per_seg) * u64::from(self.page_size);
+        (seg_no, off)
+    }
+
+    fn seg_path(&self, seg_no: u64) -> PathBuf {
+        self.root.join(segment_file_name(seg_no))
+    }
+
+    /// The open segment, opening (and with `create`, creating) it on first use.
+    fn segment(&mut self, seg_no: u64, create: bool) -> Result<Option<&mut Segment>> {
+        let idx = (seg_no - 1) as usize;
+        if self.segs.len() <= idx {
+            self.segs.resize_with(idx + 1, || None);
+        }
+        if self.segs[idx].is_none() {
+            let path = self.seg_path(seg_no);
+            let mode = if create {
+                if !self.fs.exists(&path) {
+                    self.dir_dirty = true;
+                }
+                OpenMode::Create
+            } else {
+                OpenMode::ReadWrite
+            };
+            let file = match self.fs.open(&path, mode) {
+                Ok(f) => f,
+                Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io("cannot open", path, e)),
+            };
+            let len = file
+                .size()
+                .map_err(|e| Error::io("cannot stat", &path, e))?;
+            self.segs[idx] = Some(Segment {
+                file,
+                len,
+                dirty: false,
+            });
+        }
+        Ok(self.segs[idx].as_mut())
+    }
+
+    /// Read page `id` the way 1.x `read_page` does (bounds, segment present
+    /// and long enough, CRC of v2 pages). `Err` only for local failures that
+    /// are not "this page is unreadable".
+    pub fn read_page(
+        &mut self,
+        id: u64,
+        buf: &mut [u8],
+    ) -> Result<std::result::Result<(), Unreadable>> {
+        if id >= self.next_page_id {
+            return Ok(Err(Unreadable::NotAllocated));
+        }
+        let (seg_no, off) = self.locate(id);
+        let ps = u64::from(self.page_size);
+        let Some(seg) = self.segment(seg_no, false)? else {
+            return Ok(Err(Unreadable::MissingSegment));
+        };
+        if seg.len < off + ps {
+            return Ok(Err(Unreadable::ShortSegment));
+        }
+        let mut got = 0;
+        while got < buf.len() {
+            match seg.file.read_at(&mut buf[got..], off + got as u64) {
+                Ok(0) => return Ok(Err(Unreadable::ShortSegment)),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("page {id}: read failed ({e}); it will be overwritten");
+                    return Ok(Err(Unreadable::IoError));
+                }
+            }
+        }
+        if let crate::page::PageCrc::Mismatch { .. } = crate::page::check_page_crc(buf) {
+            return Ok(Err(Unreadable::CrcMismatch));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Make page `id` addressable (1.x `ensure_allocated`, §6.2): beyond the
+    /// logical end, grow next_page_id to id+1, creating intermediate
+    /// segments at full length and the last one as far as the page; below
+    /// it, create or extend the page's segment if it is missing or short.
+    /// Returns whether next_page_id changed.
+    pub fn ensure_allocated(&mut self, id: u64) -> Result<bool> {
+        let ps = u64::from(self.page_size);
+        if id < self.next_page_id {
+            let (seg_no, off) = self.locate(id);
+            self.grow_segment(seg_no, off + ps)?;
+            return Ok(false);
+        }
+        let first = self.next_page_id;
+        let (first_seg, _) = self.locate(first);
+        let (last_seg, last_off) = self.locate(id);
+        for seg_no in first_seg..=last_seg {
+            let want = if seg_no == last_seg {
+                last_off + ps
+            } else {
+                self.pages_per_seg * ps
+            };
+            self.grow_segment(seg_no, want)?;
+        }
+        self.next_page_id = id + 1;
+        Ok(true)
+    }
+
+    fn grow_segment(&mut self, seg_no: u64, want: u64) -> Result<()> {
+        let path = self.seg_path(seg_no);
+        let always = self.fsync == FsyncPolicy::Always;
+        let seg = self.segment(seg_no, true)?.expect("created");
+        if seg.len >= want {
+            return Ok(());
+        }
+        seg.file
+            .set_len(want)
+            .map_err(|e| Error::io("cannot extend", &path, e))?;
+        seg.len = want;
+        seg.dirty = true;
+        if always {
+            seg.file
+                .sync_data()
+                .map_err(|e| Error::io("cannot fsync", &path, e))?;
+            seg.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Write a full page image at its slot. The page must be allocated.
+    pub fn write_page(&mut self, id: u64, page: &[u8]) -> Result<()> {
+        debug_assert_eq!(page.len(), self.page_size as usize);
+        let (seg_no, off) = self.locate(id);
+        let path = self.seg_path(seg_no);
+        let always = self.fsync == FsyncPolicy::Always;
+        let seg = self.segment(seg_no, true)?.expect("created");
+        seg.file
+            .write_all_at(page, off)
+            .map_err(|e| Error::io("cannot write page to", &path, e))?;
+        seg.len = seg.len.max(off + page.len() as u64);
+        seg.dirty = true;
+        if always {
+            seg.file
+                .sync_data()
+                .map_err(|e| Error::io("cannot fsync", &path, e))?;
+            seg.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Make every write so far durable (per the fsync policy). A failed fsync
+    /// is never retried: after an fsync error the kernel may have dropped the
+    /// dirty pages, so the only safe answer is to stop.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.fsync == FsyncPolicy::Never {
+            return Ok(());
+        }
+        for (i, seg) in self.segs.iter_mut().enumerate() {
+            if let Some(seg) = seg {
+                if seg.dirty {
+                    let path = self.root.join(segment_file_name(i as u64 + 1));
+                    seg.file
+                        .sync_data()
+                        .map_err(|e| Error::io("cannot fsync", &path, e))?;
+                    seg.dirty = false;
+                }
+            }
+        }
+        if self.dir_dirty {
+            // New segment files need their directory entry durable too.
+            self.fs
+                .sync_dir(&self.root)
+                .map_err(|e| Error::io("cannot fsync folder", &self.root, e))?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    pub fn fs(&self) -> &dyn Fs {
+        &*self.fs
+    }
+}
