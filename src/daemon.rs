@@ -1,0 +1,337 @@
+//! The `quiverdb-follower` daemon: the same stages as the shell pipeline
+//! `qdb-recv | qdb-unzip | qdb-apply`, wired in-process with bounded pipes so
+//! network, decompression and disk overlap, plus the lifetime DB lock,
+//! checkpoints, signals and systemd notification.
+//!
+//! Session model: one leader connection at a time; each connection is one
+//! stream with its own header and its own decoder (as in 1.x). A session
+//! that fails because of its stream (corrupt record, leader gone mid-record,
+//! decompression error) is logged and the next session is served; a local
+//! failure (disk, permissions, fsync) ends the daemon with an error so that a
+//! supervisor restarts it.
+
+use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::apply::{ApplyOptions, Follower, SessionStats};
+use crate::codec::{self, Compression};
+use crate::config::{Mode, Settings};
+use crate::error::Error;
+use crate::meta;
+use crate::net::{self, AllowList, Backoff, NetError, SessionOptions};
+use crate::pipe;
+use crate::store::{Fs, StdFs};
+use crate::wal::StreamEnd;
+
+/// Chunks in flight between two stages (128 KiB each): bounded memory.
+const PIPE_CHUNKS: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Db(#[from] Error),
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+/// Run the daemon until `shutdown` is set (SIGTERM/SIGINT) or a local error.
+pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError> {
+    let fs: Arc<dyn Fs> = Arc::new(StdFs);
+    let opts = ApplyOptions {
+        fsync: settings.fsync,
+        max_pages: settings.max_pages,
+        ..ApplyOptions::default()
+    };
+    let mut follower = Follower::open(fs.clone(), &settings.path, opts)?;
+    log::info!(
+        "follower database {} locked (last_lsn={})",
+        settings.path.display(),
+        follower.meta().map_or(0, |m| m.last_lsn)
+    );
+    let ckpt = Checkpointer::start(fs, settings, follower.meta().map_or(0, |m| m.last_lsn));
+    {
+        let ckpt = ckpt.clone();
+        follower.set_commit_hook(move |m| ckpt.durable(m.last_lsn));
+    }
+    let res = match &settings.mode {
+        Mode::Listen(addr) => serve_listen(settings, addr, &mut follower, &ckpt, &shutdown),
+        Mode::Connect(addr) => serve_connect(settings, addr, &mut follower, &ckpt, &shutdown),
+    };
+    notify("STOPPING=1");
+    ckpt.stop();
+    if res.is_ok() {
+        log::info!("stopped (last_lsn={})", follower.meta().map_or(0, |m| m.last_lsn));
+    }
+    res
+}
+
+fn serve_listen(
+    settings: &Settings,
+    addr: &str,
+    follower: &mut Follower,
+    ckpt: &Checkpointer,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
+    if settings.default_mode {
+        log::info!("neither --listen nor --connect given: listening on the default {addr}");
+    }
+    let listener = net::Listener::bind(addr, AllowList(settings.allow.clone()))?;
+    notify_status(follower, "READY=1");
+    while let Some((stream, peer)) = listener.accept(shutdown)? {
+        session(settings, follower, ckpt, stream, peer.to_string(), shutdown)?;
+    }
+    Ok(())
+}
+
+fn serve_connect(
+    settings: &Settings,
+    addr: &str,
+    follower: &mut Follower,
+    ckpt: &Checkpointer,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
+    notify_status(follower, "READY=1");
+    let mut backoff = Backoff::new(settings.reconnect, settings.backoff_cap);
+    loop {
+        let Some(stream) = net::connect_with_backoff(addr, &mut backoff, None, shutdown)? else {
+            return Ok(());
+        };
+        let stats = session(settings, follower, ckpt, stream, addr.to_string(), shutdown)?;
+        if shutdown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if stats.records > 0 {
+            // The server delivered something: reconnect at once, as 1.x does.
+            backoff.reset();
+        } else {
+            // A server that accepts and closes at once must not make us spin.
+            let d = backoff.next_delay();
+            log::warn!("session with {addr} delivered no records; reconnecting in {} ms", d.as_millis());
+            if !net::sleep_unless_shutdown(d, shutdown) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One leader connection: net -> (decode) -> apply, then a checkpoint.
+fn session(
+    settings: &Settings,
+    follower: &mut Follower,
+    ckpt: &Checkpointer,
+    mut stream: TcpStream,
+    peer: String,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<SessionStats, DaemonError> {
+    let started = Instant::now();
+    let sopts = SessionOptions {
+        idle_timeout: settings.idle_timeout,
+        keepalive: settings.keepalive,
+    };
+    let mut stats = SessionStats::default();
+    if let Err(e) = net::configure_stream(&stream, &sopts) {
+        log::warn!("session from {peer}: {e}");
+        return Ok(stats);
+    }
+    // Kept to unblock the network stage if apply stops first.
+    let closer = stream.try_clone().ok();
+    let (mut net_w, net_r) = pipe::pipe(PIPE_CHUNKS);
+    let net_thread = {
+        let shutdown = shutdown.clone();
+        thread::Builder::new()
+            .name("net".into())
+            .spawn(move || {
+                let r = net::pump(&mut stream, &mut net_w, &sopts, &shutdown);
+                drop(net_w);
+                r
+            })
+            .expect("spawn net thread")
+    };
+    let (decode_thread, apply_res) = match settings.decompress {
+        Compression::None => (None, follower.apply(net_r, &mut stats)),
+        mode => {
+            let (mut dec_w, dec_r) = pipe::pipe(PIPE_CHUNKS);
+            let t = thread::Builder::new()
+                .name("decode".into())
+                .spawn(move || codec::unzip(net_r, &mut dec_w, mode))
+                .expect("spawn decode thread");
+            (Some(t), follower.apply(dec_r, &mut stats))
+        }
+    };
+    // Apply is done (end of stream, or an error): closing the socket wakes
+    // the network stage even if the leader is idle, and the decode stage
+    // then ends on its closed input or output.
+    if let Some(c) = &closer {
+        let _ = c.shutdown(Shutdown::Both);
+    }
+    let net_res = net_thread.join().expect("net thread");
+    let dec_res = decode_thread.map(|t| t.join().expect("decode thread"));
+
+    match &apply_res {
+        Err(e) if !e.is_stream_error() => {
+            log::error!("session from {peer}: {e}");
+            return Err(DaemonError::Db(apply_res.unwrap_err()));
+        }
+        Err(e) => log::warn!("session from {peer} failed: {e}"),
+        Ok(()) => {}
+    }
+    // Upstream problems matter only when apply did not already explain the end.
+    if apply_res.is_ok() {
+        match dec_res {
+            Some(Err(e)) if !e.is_broken_pipe() => log::warn!("session from {peer}: {e}"),
+            Some(Ok(o)) if o.truncated => {
+                log::warn!("session from {peer}: compressed stream cut off before its end (partial tail)")
+            }
+            _ => {}
+        }
+        match net_res {
+            Err(e) if !e.is_output() => log::warn!("session from {peer}: {e}"),
+            _ => {}
+        }
+    }
+    if let Some(StreamEnd::PartialTail { bytes }) = stats.end {
+        log::warn!("session from {peer} ended inside a record (partial tail): its {bytes} bytes were ignored");
+    }
+    log::info!(
+        "session from {peer} ended: records={} applied={} skipped={} ignored={} bytes={} last_lsn={} elapsed={:.3}s",
+        stats.records,
+        stats.applied,
+        stats.skipped,
+        stats.ignored,
+        stats.bytes,
+        stats.last_lsn,
+        started.elapsed().as_secs_f64()
+    );
+    if follower.meta().is_some() {
+        ckpt.session_end(stats.last_lsn).map_err(DaemonError::Db)?;
+    }
+    notify_status(follower, "");
+    Ok(stats)
+}
+
+/// Writes the checkpoint file: periodically while sessions run (only LSNs
+/// that meta already holds durably) and after each session.
+#[derive(Clone)]
+struct Checkpointer {
+    inner: Option<Arc<CkptInner>>,
+}
+
+struct CkptInner {
+    fs: Arc<dyn Fs>,
+    file: PathBuf,
+    /// (durable last_lsn, last written, stopping)
+    state: Mutex<(u64, u64, bool)>,
+    wake: Condvar,
+    /// Serialises writers of the file (the tmp name is shared).
+    write: Mutex<()>,
+}
+
+impl Checkpointer {
+    fn start(fs: Arc<dyn Fs>, settings: &Settings, last_lsn: u64) -> Checkpointer {
+        let Some(file) = settings.checkpoint_file.clone() else {
+            return Checkpointer { inner: None };
+        };
+        let inner = Arc::new(CkptInner {
+            fs,
+            file,
+            state: Mutex::new((last_lsn, u64::MAX, false)),
+            wake: Condvar::new(),
+            write: Mutex::new(()),
+        });
+        let interval = settings.checkpoint_interval;
+        let t = inner.clone();
+        thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || t.run(interval))
+            .expect("spawn checkpoint thread");
+        Checkpointer { inner: Some(inner) }
+    }
+
+    /// meta.last_lsn is now durably `lsn` (called from the commit hook).
+    fn durable(&self, lsn: u64) {
+        if let Some(i) = &self.inner {
+            i.state.lock().unwrap().0 = lsn;
+        }
+    }
+
+    fn session_end(&self, lsn: u64) -> Result<(), Error> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        i.state.lock().unwrap().0 = lsn;
+        i.write_now(lsn)?;
+        log::info!("checkpoint last_lsn={lsn} -> {}", i.file.display());
+        Ok(())
+    }
+
+    fn stop(&self) {
+        if let Some(i) = &self.inner {
+            i.state.lock().unwrap().2 = true;
+            i.wake.notify_all();
+        }
+    }
+}
+
+impl CkptInner {
+    fn write_now(&self, lsn: u64) -> Result<(), Error> {
+        let _w = self.write.lock().unwrap();
+        meta::write_checkpoint(&*self.fs, &self.file, lsn)?;
+        self.state.lock().unwrap().1 = lsn;
+        notify(&format!("STATUS=last_lsn={lsn}"));
+        Ok(())
+    }
+
+    fn run(&self, interval: Duration) {
+        loop {
+            let (durable, written, stopping) = {
+                let g = self.state.lock().unwrap();
+                let (g, _) = self.wake.wait_timeout(g, interval).unwrap();
+                *g
+            };
+            if stopping {
+                return;
+            }
+            if written == u64::MAX || durable > written {
+                match self.write_now(durable) {
+                    Ok(()) => log::debug!("checkpoint last_lsn={durable} -> {}", self.file.display()),
+                    // Retried at the next tick; a failure at session end is fatal.
+                    Err(e) => log::warn!("periodic checkpoint failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+fn notify_status(follower: &Follower, extra: &str) {
+    let lsn = follower.meta().map_or(0, |m| m.last_lsn);
+    let mut msg = format!("STATUS=last_lsn={lsn}");
+    if !extra.is_empty() {
+        msg = format!("{extra}\n{msg}");
+    }
+    notify(&msg);
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if set.
+pub fn notify(msg: &str) {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        SocketAddr::from_abstract_name(name.as_bytes())
+    } else {
+        SocketAddr::from_pathname(&path)
+    };
+    let Ok(addr) = addr else { return };
+    if let Ok(sock) = UnixDatagram::unbound() {
+        if let Err(e) = sock.send_to_addr(msg.as_bytes(), &addr) {
+            log::debug!("sd_notify to {path} failed: {e}");
+        }
+    }
+}
