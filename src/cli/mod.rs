@@ -4,6 +4,8 @@
 //! tools. Each binary in `src/bin/` parses its `Args`, calls the library, and
 //! reports errors through [`report`].
 
+pub mod recv;
+
 use std::fmt::Display;
 use std::io;
 use std::process::ExitCode;

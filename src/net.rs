@@ -1,1 +1,0 @@
-//! TCP listen / connect (owned by the qdb-recv work).
