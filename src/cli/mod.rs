@@ -29,3 +29,4 @@ pub fn report(err: &dyn Display) -> ExitCode {
 pub fn is_broken_pipe(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::BrokenPipe
 }
+pub mod unzip;
