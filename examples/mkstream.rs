@@ -28,7 +28,11 @@ fn main() {
     let mut rd = WalReader::open(&src[..]).expect("source is a WAL stream");
     let mut buf = Vec::new();
     while let Next::Record(h, raw) = rd.next_header().expect("valid source") {
-        if rd.read_payload(&h, &raw, &mut buf).expect("valid source").is_some() {
+        if rd
+            .read_payload(&h, &raw, &mut buf)
+            .expect("valid source")
+            .is_some()
+        {
             break;
         }
         recs.push((h, buf.clone()));

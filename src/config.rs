@@ -154,7 +154,10 @@ impl ConfigFile {
 }
 
 /// Merge: CLI value if present, else config value, else default; then validate.
-pub fn resolve(cli: &CliValues, file: Option<(&Path, ConfigFile)>) -> Result<Settings, ConfigError> {
+pub fn resolve(
+    cli: &CliValues,
+    file: Option<(&Path, ConfigFile)>,
+) -> Result<Settings, ConfigError> {
     let (cfg_path, cfg) = match file {
         Some((p, c)) => (Some(p.to_path_buf()), c),
         None => (None, ConfigFile::default()),
@@ -188,16 +191,25 @@ pub fn resolve(cli: &CliValues, file: Option<(&Path, ConfigFile)>) -> Result<Set
 
     let decompress = match (cli.decompress, cfg.decompress) {
         (Some(d), _) => d,
-        (None, Some(s)) => s.trim().parse::<Compression>().map_err(|_| ConfigError::Value {
-            key: "decompress",
-            msg: format!("{s:?} is not one of \"none\", \"gzip\", \"zstd\", \"auto\""),
-            file: cfg_path.clone(),
-        })?,
+        (None, Some(s)) => s
+            .trim()
+            .parse::<Compression>()
+            .map_err(|_| ConfigError::Value {
+                key: "decompress",
+                msg: format!("{s:?} is not one of \"none\", \"gzip\", \"zstd\", \"auto\""),
+                file: cfg_path.clone(),
+            })?,
         (None, None) => Compression::None,
     };
 
-    let reconnect_ms = cli.reconnect_ms.or(cfg.reconnect_ms).unwrap_or(DEFAULT_RECONNECT_MS);
-    let backoff_cap_ms = cli.backoff_cap_ms.or(cfg.backoff_cap_ms).unwrap_or(DEFAULT_BACKOFF_CAP_MS);
+    let reconnect_ms = cli
+        .reconnect_ms
+        .or(cfg.reconnect_ms)
+        .unwrap_or(DEFAULT_RECONNECT_MS);
+    let backoff_cap_ms = cli
+        .backoff_cap_ms
+        .or(cfg.backoff_cap_ms)
+        .unwrap_or(DEFAULT_BACKOFF_CAP_MS);
     if reconnect_ms < MIN_RECONNECT_MS {
         return Err(ConfigError::Value {
             key: "reconnect_ms",
@@ -231,22 +243,27 @@ pub fn resolve(cli: &CliValues, file: Option<(&Path, ConfigFile)>) -> Result<Set
     };
     let mut allow = Vec::new();
     for a in &allow_src {
-        allow.push(a.parse::<crate::net::Cidr>().map_err(|e| ConfigError::Value {
-            key: "allow",
-            msg: e.to_string(),
-            file: from(!cli.allow.is_empty()),
-        })?);
+        allow.push(
+            a.parse::<crate::net::Cidr>()
+                .map_err(|e| ConfigError::Value {
+                    key: "allow",
+                    msg: e.to_string(),
+                    file: from(!cli.allow.is_empty()),
+                })?,
+        );
     }
 
     let fsync = match (cli.fsync, cfg.fsync) {
         (Some(f), _) => f,
-        (None, Some(s)) => <FsyncPolicy as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| {
-            ConfigError::Value {
-                key: "fsync",
-                msg: format!("{s:?} is not one of \"batch\", \"always\", \"never\""),
-                file: cfg_path.clone(),
-            }
-        })?,
+        (None, Some(s)) => {
+            <FsyncPolicy as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| {
+                ConfigError::Value {
+                    key: "fsync",
+                    msg: format!("{s:?} is not one of \"batch\", \"always\", \"never\""),
+                    file: cfg_path.clone(),
+                }
+            })?
+        }
         (None, None) => FsyncPolicy::Batch,
     };
     let max_pages = cli.max_pages.or(cfg.max_pages).unwrap_or(DEFAULT_MAX_PAGES);
@@ -309,7 +326,10 @@ impl Settings {
         if let Some(f) = &self.checkpoint_file {
             s += &format!("checkpoint_file = {}\n", q(&f.to_string_lossy()));
         }
-        s += &format!("checkpoint_interval_ms = {}\n", self.checkpoint_interval.as_millis());
+        s += &format!(
+            "checkpoint_interval_ms = {}\n",
+            self.checkpoint_interval.as_millis()
+        );
         let allow: Vec<String> = self.allow.iter().map(|c| q(&c.to_string())).collect();
         s += &format!("allow = [{}]\n", allow.join(", "));
         let fsync = match self.fsync {

@@ -66,7 +66,10 @@ pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonE
     notify("STOPPING=1");
     ckpt.stop();
     if res.is_ok() {
-        log::info!("stopped (last_lsn={})", follower.meta().map_or(0, |m| m.last_lsn));
+        log::info!(
+            "stopped (last_lsn={})",
+            follower.meta().map_or(0, |m| m.last_lsn)
+        );
     }
     res
 }
@@ -112,7 +115,10 @@ fn serve_connect(
         } else {
             // A server that accepts and closes at once must not make us spin.
             let d = backoff.next_delay();
-            log::warn!("session with {addr} delivered no records; reconnecting in {} ms", d.as_millis());
+            log::warn!(
+                "session with {addr} delivered no records; reconnecting in {} ms",
+                d.as_millis()
+            );
             if !net::sleep_unless_shutdown(d, shutdown) {
                 return Ok(());
             }
@@ -186,7 +192,9 @@ fn session(
         match dec_res {
             Some(Err(e)) if !e.is_broken_pipe() => log::warn!("session from {peer}: {e}"),
             Some(Ok(o)) if o.truncated => {
-                log::warn!("session from {peer}: compressed stream cut off before its end (partial tail)")
+                log::warn!(
+                    "session from {peer}: compressed stream cut off before its end (partial tail)"
+                )
             }
             _ => {}
         }
@@ -297,7 +305,9 @@ impl CkptInner {
             }
             if written == u64::MAX || durable > written {
                 match self.write_now(durable) {
-                    Ok(()) => log::debug!("checkpoint last_lsn={durable} -> {}", self.file.display()),
+                    Ok(()) => {
+                        log::debug!("checkpoint last_lsn={durable} -> {}", self.file.display())
+                    }
                     // Retried at the next tick; a failure at session end is fatal.
                     Err(e) => log::warn!("periodic checkpoint failed: {e}"),
                 }

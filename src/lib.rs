@@ -16,12 +16,15 @@
 pub mod apply;
 pub mod cli;
 pub mod codec;
+pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod layout;
 pub mod meta;
 pub mod net;
 pub mod page;
 pub mod pipe;
+pub mod ship;
 pub mod store;
 pub mod wal;
 

@@ -34,7 +34,12 @@ impl Default for ShipOptions {
 /// Send the complete records of `stream` (a raw WAL stream: header, records)
 /// to `sink`. Returns the number of records sent. Stops early (Ok) after
 /// `max_records` if given.
-pub fn ship<W: Write>(stream: &[u8], sink: W, opts: ShipOptions, max_records: Option<u64>) -> io::Result<u64> {
+pub fn ship<W: Write>(
+    stream: &[u8],
+    sink: W,
+    opts: ShipOptions,
+    max_records: Option<u64>,
+) -> io::Result<u64> {
     match opts.compress {
         Compression::Gzip => {
             let enc = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());
@@ -57,7 +62,12 @@ pub fn ship<W: Write>(stream: &[u8], sink: W, opts: ShipOptions, max_records: Op
     }
 }
 
-fn send<W: Write>(stream: &[u8], mut out: W, opts: ShipOptions, max: Option<u64>) -> io::Result<(u64, W)> {
+fn send<W: Write>(
+    stream: &[u8],
+    mut out: W,
+    opts: ShipOptions,
+    max: Option<u64>,
+) -> io::Result<(u64, W)> {
     let bad = |e: crate::StreamError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
     let mut rd = WalReader::open(stream).map_err(bad)?;
     out.write_all(&stream[..16])?;

@@ -40,10 +40,16 @@ fn man_pages_match_the_clap_definitions() {
 #[test]
 fn every_binary_has_a_man_page() {
     let bins = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin");
-    let names: Vec<String> = commands().iter().map(|c| c.get_name().to_string()).collect();
+    let names: Vec<String> = commands()
+        .iter()
+        .map(|c| c.get_name().to_string())
+        .collect();
     for e in std::fs::read_dir(bins).unwrap() {
         let file = e.unwrap().file_name().to_string_lossy().into_owned();
         let bin = file.trim_end_matches(".rs");
-        assert!(names.iter().any(|n| n == bin), "{bin} has no man page definition in tests/man.rs");
+        assert!(
+            names.iter().any(|n| n == bin),
+            "{bin} has no man page definition in tests/man.rs"
+        );
     }
 }

@@ -4,7 +4,11 @@
 //! tools. Each binary in `src/bin/` parses its `Args`, calls the library, and
 //! reports errors through [`report`].
 
+pub mod apply;
+pub mod ckpt;
+pub mod follower;
 pub mod recv;
+pub mod unzip;
 
 use std::fmt::Display;
 use std::io;
@@ -31,10 +35,6 @@ pub fn report(err: &dyn Display) -> ExitCode {
 pub fn is_broken_pipe(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::BrokenPipe
 }
-
-pub mod apply;
-pub mod ckpt;
-pub mod follower;
 
 /// Exit status for a bad stream (the follower is intact).
 pub const EXIT_STREAM: u8 = 1;
