@@ -23,7 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result, StreamError};
-use crate::layout::{is_valid_page_size, WAL_RECORD_HEADER_LEN, WAL_TYPE_TRUNCATE};
+use crate::layout::{
+    is_valid_page_size, le_u32, WAL_HEADER_LEN, WAL_MAGIC, WAL_RECORD_HEADER_LEN, WAL_REC_OFF_LEN,
+    WAL_TYPE_TRUNCATE,
+};
 use crate::meta::{self, Meta};
 use crate::page::{self, PageCrc};
 use crate::pipe::ChunkReader;
@@ -70,25 +73,56 @@ impl Default for ApplyOptions {
     }
 }
 
-/// Input that can say whether more bytes are available without blocking.
+/// Input that can say what is readable without blocking, so apply can
+/// commit exactly when the next record has not fully arrived yet.
 pub trait Input: Read {
-    /// True when a read would have to wait for the sender.
-    fn idle(&mut self) -> bool {
-        false
+    /// Bytes readable now without waiting, looking ahead at most `want`.
+    fn buffered(&mut self, want: usize) -> usize {
+        want
     }
-    /// Wait up to `timeout` for input; true if some arrived (or the end).
+    /// Copy up to `buf.len()` readable bytes without consuming them.
+    fn peek(&mut self, _buf: &mut [u8]) -> usize {
+        0
+    }
+    /// Wait up to `timeout` for more input; true if some arrived (or the end).
     fn wait(&mut self, _timeout: Duration) -> bool {
         true
+    }
+    /// Nothing beyond what is buffered will ever arrive.
+    fn closed(&mut self) -> bool {
+        false
     }
 }
 
 impl Input for ChunkReader {
-    fn idle(&mut self) -> bool {
-        ChunkReader::idle(self)
+    fn buffered(&mut self, want: usize) -> usize {
+        ChunkReader::buffered(self, want)
+    }
+    fn peek(&mut self, buf: &mut [u8]) -> usize {
+        ChunkReader::peek(self, buf)
     }
     fn wait(&mut self, timeout: Duration) -> bool {
         ChunkReader::wait(self, timeout)
     }
+    fn closed(&mut self) -> bool {
+        ChunkReader::closed(self)
+    }
+}
+
+/// Is the next record (or mid-stream header) completely readable right now?
+fn next_record_buffered<I: Input>(input: &mut I) -> bool {
+    let mut h = [0u8; WAL_RECORD_HEADER_LEN];
+    let n = input.peek(&mut h);
+    if n >= 8 && &h[..8] == WAL_MAGIC {
+        return input.buffered(WAL_HEADER_LEN) >= WAL_HEADER_LEN;
+    }
+    if n < WAL_RECORD_HEADER_LEN {
+        return false;
+    }
+    let need = WAL_RECORD_HEADER_LEN + le_u32(&h, WAL_REC_OFF_LEN) as usize;
+    // A huge (corrupt) len must not make us look ahead without bound: the
+    // record is then "not complete", and reading it will fail on its own.
+    need <= 1 << 21 && input.buffered(need) >= need
 }
 
 /// A plain reader that never reports itself idle (files, in-memory streams).
@@ -173,10 +207,14 @@ impl Follower {
             }
             _ => {}
         }
-        let db = meta.map(|m| {
-            let s = Store::open(fs.clone(), root, &m, opts.fsync);
-            (m, s)
-        });
+        let db = match meta {
+            Some(m) => {
+                let mut s = Store::open(fs.clone(), root, &m, opts.fsync);
+                s.sync_existing()?;
+                Some((m, s))
+            }
+            None => None,
+        };
         let max_lsn = db.as_ref().map_or(0, |(m, _)| m.last_lsn);
         Ok(Follower {
             fs,
@@ -240,13 +278,19 @@ impl Follower {
         stats: &mut SessionStats,
     ) -> Result<()> {
         loop {
-            // Group commit: when the sender pauses, make the batch durable
-            // (after a short grace, so a burst split across reads stays one batch).
-            if self.dirty_or_behind()
-                && rd.get_mut().idle()
-                && !rd.get_mut().wait(self.opts.idle_grace)
-            {
-                self.commit(stats)?;
+            // Group commit: when the next record has not fully arrived, the
+            // sender has paused (or is slow): make the batch durable before
+            // blocking, after a short grace so a burst split across reads
+            // stays one batch.
+            while self.dirty_or_behind() {
+                let input = rd.get_mut();
+                if next_record_buffered(input) || input.closed() {
+                    break;
+                }
+                if !input.wait(self.opts.idle_grace) {
+                    self.commit(stats)?;
+                    break;
+                }
             }
             let (hdr, raw) = match rd.next_header()? {
                 Next::Record(h, raw) => (h, raw),

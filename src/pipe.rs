@@ -6,6 +6,7 @@
 //! ([`ChunkReader::idle`]): apply uses that to commit a batch exactly when
 //! the sender pauses, instead of waiting for a timer.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
@@ -29,7 +30,7 @@ pub fn pipe(capacity: usize) -> (ChunkWriter, ChunkReader) {
         ChunkReader {
             rx,
             back: back_tx,
-            cur: Vec::new(),
+            chunks: VecDeque::new(),
             pos: 0,
             eof: false,
             stop: None,
@@ -91,7 +92,10 @@ impl Drop for ChunkWriter {
 pub struct ChunkReader {
     rx: Receiver<Vec<u8>>,
     back: SyncSender<Vec<u8>>,
-    cur: Vec<u8>,
+    /// Chunks taken from the channel and not yet fully read; the first is
+    /// read from `pos`. Holds more than one only when [`ChunkReader::buffered`]
+    /// looked ahead for a whole record, so it stays bounded by a record.
+    chunks: VecDeque<Vec<u8>>,
     pos: usize,
     eof: bool,
     stop: Option<Arc<AtomicBool>>,
@@ -106,12 +110,17 @@ impl ChunkReader {
         self
     }
 
-    fn take(&mut self, chunk: Vec<u8>) {
-        let spent = std::mem::replace(&mut self.cur, chunk);
-        self.pos = 0;
-        if spent.capacity() > 0 {
+    fn push(&mut self, chunk: Vec<u8>) {
+        if !chunk.is_empty() {
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(spent) = self.chunks.pop_front() {
             let _ = self.back.try_send(spent);
         }
+        self.pos = 0;
     }
 
     fn stopping(&self) -> bool {
@@ -120,33 +129,61 @@ impl ChunkReader {
             .is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
-    /// True when no byte can be read without waiting for the sender.
-    pub fn idle(&mut self) -> bool {
-        if self.pos < self.cur.len() || self.eof {
-            return false;
-        }
-        match self.rx.try_recv() {
-            Ok(chunk) => {
-                self.take(chunk);
-                false
+    /// Bytes readable now without waiting, looking ahead at most `want`.
+    pub fn buffered(&mut self, want: usize) -> usize {
+        loop {
+            let have: usize = self.chunks.iter().map(Vec::len).sum::<usize>() - self.pos;
+            if have >= want || self.eof {
+                return have.min(want);
             }
-            Err(TryRecvError::Empty) => true,
-            Err(TryRecvError::Disconnected) => {
-                self.eof = true;
-                false
+            match self.rx.try_recv() {
+                Ok(chunk) => self.push(chunk),
+                Err(TryRecvError::Empty) => return have,
+                Err(TryRecvError::Disconnected) => self.eof = true,
             }
         }
     }
 
-    /// Wait up to `timeout` for input to become available. True if it did
-    /// (or the stream ended, which is also something to act on).
+    /// Copy up to `buf.len()` readable bytes into `buf` without consuming them.
+    pub fn peek(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.buffered(buf.len());
+        let mut got = 0;
+        let mut skip = self.pos;
+        for c in &self.chunks {
+            if got == n {
+                break;
+            }
+            let part = &c[skip..];
+            skip = 0;
+            let k = part.len().min(n - got);
+            buf[got..got + k].copy_from_slice(&part[..k]);
+            got += k;
+        }
+        got
+    }
+
+    /// True once the writer is gone: nothing beyond what is buffered will
+    /// ever arrive (so waiting for the rest of a record is pointless).
+    pub fn closed(&mut self) -> bool {
+        if !self.eof {
+            match self.rx.try_recv() {
+                Ok(chunk) => self.push(chunk),
+                Err(TryRecvError::Disconnected) => self.eof = true,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        self.eof
+    }
+
+    /// Wait up to `timeout` for more input than is buffered now. True if
+    /// some arrived or the stream ended.
     pub fn wait(&mut self, timeout: Duration) -> bool {
-        if !self.idle() {
+        if self.eof {
             return true;
         }
         match self.rx.recv_timeout(timeout) {
             Ok(chunk) => {
-                self.take(chunk);
+                self.push(chunk);
                 true
             }
             Err(RecvTimeoutError::Timeout) => false,
@@ -160,13 +197,26 @@ impl ChunkReader {
 
 impl Read for ChunkReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.cur.len() {
+        loop {
+            if let Some(front) = self.chunks.front() {
+                if self.pos < front.len() {
+                    let n = out.len().min(front.len() - self.pos);
+                    out[..n].copy_from_slice(&front[self.pos..self.pos + n]);
+                    self.pos += n;
+                    if self.pos == front.len() {
+                        self.pop_front();
+                    }
+                    return Ok(n);
+                }
+                self.pop_front();
+                continue;
+            }
             if self.eof {
                 return Ok(0);
             }
             if self.stop.is_some() {
                 match self.rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(chunk) => self.take(chunk),
+                    Ok(chunk) => self.push(chunk),
                     Err(RecvTimeoutError::Timeout) => {
                         if self.stopping() {
                             self.eof = true;
@@ -176,15 +226,11 @@ impl Read for ChunkReader {
                 }
             } else {
                 match self.rx.recv() {
-                    Ok(chunk) => self.take(chunk),
+                    Ok(chunk) => self.push(chunk),
                     Err(_) => self.eof = true,
                 }
             }
         }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
@@ -230,18 +276,34 @@ mod tests {
     }
 
     #[test]
-    fn idle_reflects_flushes() {
+    fn lookahead_sees_only_flushed_bytes_and_does_not_consume() {
         let (mut w, mut r) = pipe(4);
-        assert!(r.idle());
+        assert_eq!(r.buffered(10), 0);
         w.write_all(b"abc").unwrap();
-        assert!(r.idle(), "unflushed bytes are not visible yet");
+        assert_eq!(r.buffered(10), 0, "unflushed bytes are not visible yet");
         w.flush().unwrap();
-        assert!(!r.idle());
-        let mut b = [0u8; 3];
+        w.write_all(b"defg").unwrap();
+        w.flush().unwrap();
+        assert_eq!(r.buffered(10), 7);
+        assert_eq!(r.buffered(5), 5);
+        let mut p = [0u8; 5];
+        assert_eq!(r.peek(&mut p), 5);
+        assert_eq!(&p, b"abcde");
+        let mut b = [0u8; 2];
         r.read_exact(&mut b).unwrap();
-        assert!(r.idle());
+        assert_eq!(&b, b"ab");
+        assert_eq!(r.peek(&mut p), 5);
+        assert_eq!(&p, b"cdefg");
+        assert!(!r.wait(Duration::from_millis(1)), "nothing more arrives");
         drop(w);
-        assert!(!r.idle(), "end of stream is not idle");
+        assert!(
+            r.wait(Duration::from_millis(1)),
+            "the end is something to act on"
+        );
+        assert!(r.closed());
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"cdefg");
     }
 
     #[test]

@@ -450,6 +450,24 @@ impl Store {
         Ok(())
     }
 
+    /// fsync every allocated segment once. A previous process may have
+    /// written pages and died before its fsync: they are in the page cache,
+    /// gating reads them as present and skips older images, so they must be
+    /// made durable before any new meta.last_lsn can cover them.
+    pub fn sync_existing(&mut self) -> Result<()> {
+        if self.fsync == FsyncPolicy::Never || self.next_page_id == 0 {
+            return Ok(());
+        }
+        let (last_seg, _) = self.locate(self.next_page_id - 1);
+        for seg_no in 1..=last_seg {
+            if let Some(seg) = self.segment(seg_no, false)? {
+                seg.dirty = true;
+            }
+        }
+        self.dir_dirty = true;
+        self.sync()
+    }
+
     pub fn fs(&self) -> &dyn Fs {
         &*self.fs
     }

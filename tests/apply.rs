@@ -489,7 +489,7 @@ fn sigkill_at_random_points_then_resume_ends_identical() {
             .spawn()
             .unwrap();
         let mut sin = child.stdin.take().unwrap();
-        let cut = 16 + next(slice.len() as u64) as usize;
+        let cut = (16 + next(slice.len() as u64) as usize).min(slice.len());
         let mut pos = 0;
         while pos < cut {
             let n = (1 + next(96 * 1024) as usize).min(cut - pos);
@@ -499,6 +499,18 @@ fn sigkill_at_random_points_then_resume_ends_identical() {
             pos += n;
             if next(4) == 0 {
                 std::thread::sleep(Duration::from_micros(next(3000)));
+            }
+        }
+        let first_written = records(&slice[..pos]).first().map(|r| r.0);
+        if let (Some(target), 0) = (first_written, next(2)) {
+            // Half the kills land after the child has visibly made progress
+            // (so the resume point moves even on a loaded machine), the
+            // other half wherever the child happens to be.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline
+                && (!db.join("meta").exists() || read_last_lsn(&db) < target)
+            {
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         std::thread::sleep(Duration::from_micros(next(20_000)));
