@@ -188,11 +188,18 @@ impl Shipper {
         }
     }
 
-    /// The trailer / frame end, as written when wal-ship exits normally.
+    /// What wal-ship writes when it exits normally: one more flush, then
+    /// the trailer / frame end (§7.1 step 7).
     fn finish(self) -> Vec<u8> {
         match self {
-            Shipper::Gzip(e) => e.finish().unwrap(),
-            Shipper::Zstd(e) => e.finish().unwrap(),
+            Shipper::Gzip(mut e) => {
+                e.flush().unwrap();
+                e.finish().unwrap()
+            }
+            Shipper::Zstd(mut e) => {
+                e.flush().unwrap();
+                e.finish().unwrap()
+            }
         }
     }
 }
@@ -211,6 +218,22 @@ fn ship_stream(kind: &str, stream: &[u8], finish: bool) -> (Vec<u8>, Vec<(usize,
         comp.extend(s.finish());
     }
     (comp, flushes)
+}
+
+#[test]
+fn the_test_shipper_is_byte_identical_to_wal_ship() {
+    // The streaming tests below are only as good as their imitation of
+    // wal-ship: check it against QuiverDB 1.2.5's own output.
+    for case in CASES {
+        let stream = fixture(case, "stream.wal");
+        for (kind, ext) in [("gzip", "gz"), ("zstd", "zst")] {
+            let (comp, _) = ship_stream(kind, &stream, true);
+            assert!(
+                comp == fixture(case, &format!("stream.wal.{ext}")),
+                "{case}: {kind} differs from wal-ship's"
+            );
+        }
+    }
 }
 
 // ---- decoding complete streams ----------------------------------------------------------
@@ -667,6 +690,19 @@ fn corrupt_zstd_is_an_error() {
     let out = run(&[], &junk);
     assert_corrupt(&out, "zstd: ", "junk");
     assert!(out.stderr.contains("after frame 1"), "{}", out.stderr);
+}
+
+#[test]
+fn zstd_long_window_is_refused_with_a_hint() {
+    // Fed through stdin, zstd cannot shrink the declared window to the input size.
+    let want = fixture("c01-one-put", "stream.wal");
+    let zst = tool("zstd", &["-q", "-c", "--long=31"], &want);
+    assert_corrupt(
+        &run(&[], &zst),
+        "zstd: a frame needs a window over 128 MiB, at or after input byte 0: recompress without \
+         zstd --long (or with --long=27 or less)",
+        "--long=31",
+    );
 }
 
 #[test]
