@@ -32,6 +32,8 @@ use crate::layout::{WAL2_MAGIC, WAL_MAGIC};
 pub const INPUT_BUF: usize = 256 * 1024;
 /// Decoded bytes are written in chunks of at most this size.
 pub const OUTPUT_BUF: usize = 256 * 1024;
+/// Input handed to zstd per call (see `ZstdDecoder::feed`).
+const ZSTD_SLICE: usize = 16 * 1024;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -42,11 +44,11 @@ const ZSTD_SKIPPABLE_TAIL: [u8; 3] = [0x2a, 0x4d, 0x18];
 /// How the input is compressed. `Auto` detects it from the first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compression {
-    /// Uncompressed WAL stream, copied through (refuses gzip/zstd input)
+    /// Uncompressed 1.x WAL stream, copied through (refuses gzip/zstd input)
     None,
-    /// gzip, single or multi-member (wal-ship --compress gzip, gzip CLI)
+    /// Single or multi-member gzip (wal-ship --compress gzip, the gzip CLI)
     Gzip,
-    /// zstd, single or multi-frame (wal-ship --compress zstd, zstd CLI)
+    /// Single or multi-frame zstd (wal-ship --compress zstd, the zstd CLI)
     Zstd,
     /// Detect gzip, zstd or an uncompressed stream from the first bytes
     Auto,
@@ -239,16 +241,24 @@ pub enum CodecError {
     /// Bad gzip header, corrupt deflate data, CRC or length mismatch, or
     /// trailing data that is not another gzip member.
     #[error(
-        "gzip: {detail} (input byte {offset}): the stream is corrupt; check the sender and the \
+        "gzip: {detail}, at input byte {offset}: the stream is corrupt; check the sender and the \
          link, and that the leader really sends gzip"
     )]
     CorruptGzip { offset: u64, detail: String },
     /// zstd rejected the data (corrupt block, bad checksum, trailing junk...).
+    /// `offset` is where the slice of input that zstd rejected starts.
     #[error(
-        "zstd: {detail} (near input byte {offset}): the stream is corrupt; check the sender and \
-         the link, and that the leader really sends zstd"
+        "zstd: {detail}, at or after input byte {offset}: the stream is corrupt; check the sender \
+         and the link, and that the leader really sends zstd"
     )]
     CorruptZstd { offset: u64, detail: String },
+    /// The frame declares a window over the 128 MiB this decoder allows
+    /// (memory stays bounded); wal-ship never does this, `zstd --long` can.
+    #[error(
+        "zstd: a frame needs a window over 128 MiB, at or after input byte {offset}: recompress \
+         without zstd --long (or with --long=27 or less)"
+    )]
+    ZstdWindowTooLarge { offset: u64 },
     /// Reading the input failed (connection reset, I/O error...).
     #[error("reading the input failed: {0}: check the sender and the connection")]
     Read(#[source] io::Error),
@@ -801,16 +811,16 @@ impl GzipDecoder {
             self.data_crc.update(&self.out[filled..filled + made]);
             pos += used;
             filled += made;
+            if status == flate2::Status::StreamEnd {
+                self.state = GzState::Trailer;
+                self.trailer_len = 0;
+                break;
+            }
             if filled == self.out.len() {
                 sink.write(&self.out[..filled])?;
                 filled = 0;
                 // The decoder may hold more output for this input: go on.
                 continue;
-            }
-            if status == flate2::Status::StreamEnd {
-                self.state = GzState::Trailer;
-                self.trailer_len = 0;
-                break;
             }
             if pos == input.len() {
                 break;
@@ -892,32 +902,20 @@ impl ZstdDecoder {
         at: u64,
         sink: &mut Sink<W>,
     ) -> Result<(), CodecError> {
-        use zstd::zstd_safe::{get_error_name, InBuffer, OutBuffer};
-        let mut inb = InBuffer::around(input);
+        use zstd::zstd_safe::{InBuffer, OutBuffer};
+        let mut pos = 0;
         let mut filled = 0;
         loop {
-            let before = inb.pos();
-            let (hint, made) = {
-                let mut outb = OutBuffer::around_pos(&mut self.out[..], filled);
-                let res = self.dctx.decompress_stream(&mut outb, &mut inb);
-                let made = outb.pos() - filled;
-                let hint = res.map_err(|code| {
-                    let name = get_error_name(code);
-                    let detail = if name.contains("too much memory") || name.contains("Frame requires") {
-                        format!("{name} (a window over 128 MiB, e.g. zstd --long: recompress without it)")
-                    } else if self.frames > 0 && !self.in_frame {
-                        format!("{name} after frame {} (trailing data that is not a zstd frame)", self.frames)
-                    } else {
-                        name.to_string()
-                    };
-                    CodecError::CorruptZstd {
-                        offset: at + inb.pos() as u64,
-                        detail,
-                    }
-                })?;
-                (hint, made)
-            };
-            let used = inb.pos() - before;
+            // zstd reports no position on error, so feed it in slices: an
+            // error is then placed within one slice of the input.
+            let end = input.len().min(pos + ZSTD_SLICE);
+            let mut inb = InBuffer::around(&input[pos..end]);
+            let mut outb = OutBuffer::around_pos(&mut self.out[..], filled);
+            let res = self.dctx.decompress_stream(&mut outb, &mut inb);
+            let made = outb.pos() - filled;
+            let used = inb.pos();
+            let hint = res.map_err(|code| self.error(code, at + pos as u64))?;
+            pos += used;
             filled += made;
             if used > 0 || made > 0 {
                 if hint == 0 {
@@ -928,19 +926,39 @@ impl ZstdDecoder {
             if filled == self.out.len() {
                 sink.write(&self.out[..filled])?;
                 filled = 0;
+                // zstd may hold more decoded output for this input: go on.
                 continue;
             }
-            if inb.pos() == input.len() {
+            if pos == input.len() {
                 break;
             }
             if used == 0 && made == 0 && hint != 0 {
                 return Err(CodecError::CorruptZstd {
-                    offset: at + inb.pos() as u64,
-                    detail: "decoder stopped making progress".into(),
+                    offset: at + pos as u64,
+                    detail: "the decoder stopped making progress".into(),
                 });
             }
         }
         sink.write(&self.out[..filled])
+    }
+
+    fn error(&self, code: usize, offset: u64) -> CodecError {
+        let name = zstd::zstd_safe::get_error_name(code);
+        // zstd returns its error codes negated, as a size_t.
+        let window =
+            zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge;
+        if code.wrapping_neg() == window as usize {
+            return CodecError::ZstdWindowTooLarge { offset };
+        }
+        let detail = if self.frames > 0 && !self.in_frame {
+            format!(
+                "data after frame {} is not another zstd frame ({name})",
+                self.frames
+            )
+        } else {
+            name.to_string()
+        };
+        CodecError::CorruptZstd { offset, detail }
     }
 }
 
@@ -1105,6 +1123,42 @@ mod tests {
                 .starts_with("gzip: length mismatch in member 1"),
             "{err}"
         );
+    }
+
+    /// Random damage to valid streams gives Ok or a typed error, never a
+    /// panic or a hang, and Ok output is always a prefix of the original
+    /// when the damage was a cut only.
+    #[test]
+    fn damaged_streams_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let data = wal(20_000);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&data[..], 3).unwrap();
+        for stream in [&gz, &zst] {
+            for _ in 0..300 {
+                let mut s = stream.clone();
+                let cut = (next() as usize) % (s.len() + 1);
+                s.truncate(cut);
+                if let Ok((_, out)) = run(&s, Compression::Auto) {
+                    assert!(data.starts_with(&out));
+                }
+                for _ in 0..(next() % 4) {
+                    if !s.is_empty() {
+                        let i = (next() as usize) % s.len();
+                        s[i] = next() as u8;
+                    }
+                }
+                let _ = run(&s, Compression::Auto);
+            }
+        }
     }
 
     #[test]

@@ -19,9 +19,10 @@ each record. Every byte that can be decoded is written to stdout (and flushed) a
 arrives, so each record reaches the next stage at once.\n\n\
 A compressed stream that is cut off (the sender died, the connection dropped) is a partial \
 tail, as in QuiverDB 1.x: everything decodable is written, a warning is logged and the exit \
-status is 0. Input that is not what --decompress asks for, a QuiverDB 2.x stream, or corrupt \
-compressed data is an error, and nothing past the fault is written. When the reader of stdout \
-goes away, qdb-unzip stops quietly.",
+status is 0. Input that is not what --decompress asks for, or a QuiverDB 2.x stream, is refused \
+before anything is written. Corrupt compressed data is an error as soon as it is detected; what \
+was written before stays written (the WAL record CRCs checked by qdb-apply catch damage in it). \
+When the reader of stdout goes away, qdb-unzip stops quietly.",
     after_help = "EXIT STATUS:\n  0  the input was decoded to its end, or to the end of a partial tail, \
 or stdout was closed by its reader\n  1  the input is not what --decompress asks for, or is corrupt, \
 or reading/writing failed\n  2  usage error\n\n\
