@@ -32,6 +32,7 @@ pub fn is_broken_pipe(err: &io::Error) -> bool {
 
 pub mod apply;
 pub mod ckpt;
+pub mod inspect;
 
 /// Exit status for a bad stream (the follower is intact).
 pub const EXIT_STREAM: u8 = 1;
