@@ -624,11 +624,6 @@ impl HeadTracker {
         }
         s
     }
-
-    /// The bucket of page `id` as last written (`None`: in no bucket).
-    pub fn bucket_of_page(&self, id: u64) -> Option<u32> {
-        Some(self.facts.get(id).bucket).filter(|&b| b != NONE)
-    }
 }
 
 #[cfg(test)]
@@ -742,7 +737,7 @@ mod tests {
         t.page_written(5, &crate::page::overflow_page(4096, 5, NO_PAGE, 9, b"x"));
         assert_eq!(t.directory().heads[b], NO_PAGE);
         assert_eq!(t.stats(), HeadStats::default());
-        assert_eq!(t.bucket_of_page(5), None);
+        assert_eq!(t.facts.get(5), NOT_MEMBER);
     }
 
     #[test]
