@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::dir::HeadTracker;
 use crate::error::{Error, Result, StreamError};
 use crate::layout::{
     is_valid_page_size, le_u32, WAL_HEADER_LEN, WAL_MAGIC, WAL_RECORD_HEADER_LEN, WAL_REC_OFF_LEN,
@@ -56,6 +57,9 @@ pub struct ApplyOptions {
     pub batch_interval: Duration,
     /// When the input pauses, wait this long for more before committing.
     pub idle_grace: Duration,
+    /// Maintain DIR/dir for this many buckets (the leader's count); `None`
+    /// leaves dir alone, as 1.x does.
+    pub buckets: Option<u32>,
 }
 
 impl Default for ApplyOptions {
@@ -69,6 +73,7 @@ impl Default for ApplyOptions {
             batch_bytes: 64 << 20,
             batch_interval: Duration::from_millis(1000),
             idle_grace: Duration::from_millis(2),
+            buckets: None,
         }
     }
 }
@@ -173,6 +178,8 @@ pub struct Follower {
     current: Vec<u8>,
     warnings: u32,
     hook: Option<CommitHook>,
+    /// With `opts.buckets`: the heads DIR/dir gets at each commit.
+    heads: Option<HeadTracker>,
 }
 
 /// At most this many per-record warnings per session, so a hostile stream
@@ -207,13 +214,17 @@ impl Follower {
             }
             _ => {}
         }
-        let db = match meta {
+        let mut db = match meta {
             Some(m) => {
                 let mut s = Store::open(fs.clone(), root, &m, opts.fsync);
                 s.sync_existing()?;
                 Some((m, s))
             }
             None => None,
+        };
+        let heads = match (opts.buckets, db.as_mut()) {
+            (Some(b), Some((_, s))) => Some(HeadTracker::load(&*fs, root, s, b)?),
+            _ => None,
         };
         let max_lsn = db.as_ref().map_or(0, |(m, _)| m.last_lsn);
         Ok(Follower {
@@ -230,6 +241,7 @@ impl Follower {
             current: Vec::new(),
             warnings: 0,
             hook: None,
+            heads,
         })
     }
 
@@ -406,7 +418,10 @@ impl Follower {
                 self.root.display(),
                 hdr.len
             );
-            let s = Store::open(self.fs.clone(), &self.root, &m, self.opts.fsync);
+            let mut s = Store::open(self.fs.clone(), &self.root, &m, self.opts.fsync);
+            if let Some(b) = self.opts.buckets {
+                self.heads = Some(HeadTracker::load(&*self.fs, &self.root, &mut s, b)?);
+            }
             self.db = Some((m, s));
         }
         self.saw_lsn(hdr);
@@ -435,6 +450,9 @@ impl Follower {
         if apply {
             store.ensure_allocated(id)?;
             store.write_page(id, payload)?;
+            if let Some(h) = self.heads.as_mut() {
+                h.page_written(id, payload);
+            }
             self.dirty = true;
             self.dirty_bytes += payload.len() as u64;
             stats.applied += 1;
@@ -484,6 +502,10 @@ impl Follower {
             store.sync()?;
             self.dirty = false;
             self.dirty_bytes = 0;
+        }
+        // Only now are the pages the heads point at durable.
+        if let Some(h) = self.heads.as_mut().filter(|h| h.is_dirty()) {
+            h.persist(&*self.fs, &self.root)?;
         }
         let mut next = *meta;
         next.last_lsn = meta.last_lsn.max(self.max_lsn);

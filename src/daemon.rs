@@ -46,6 +46,7 @@ pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonE
     let opts = ApplyOptions {
         fsync: settings.fsync,
         max_pages: settings.max_pages,
+        buckets: settings.buckets,
         ..ApplyOptions::default()
     };
     let mut follower = Follower::open(fs.clone(), &settings.path, opts)?;

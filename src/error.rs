@@ -92,6 +92,20 @@ pub enum Error {
         db: u32,
         requested: u32,
     },
+    #[error("{} holds {dir} buckets, but {requested} were asked for: use the leader's bucket count (its dir file is 24 + 8 x buckets bytes), or replace this dir with `qdb-inspect rebuild-dir --path DB --buckets {requested} --force`", path.display())]
+    DirBucketsMismatch {
+        path: PathBuf,
+        dir: u32,
+        requested: u32,
+    },
+    #[error("{} is not a QuiverDB 1.x directory file ({reason}): it holds only derived bucket heads, so rebuild it with `qdb-inspect rebuild-dir --path DB --buckets N --force`", path.display())]
+    BadDir { path: PathBuf, reason: String },
+    #[error("bucket count {0} is not allowed: use the leader's bucket count (1 to 16777216; QuiverDB's default is 1024)")]
+    InvalidBuckets(u32),
+    #[error("{} has no bucket-head directory (dir), so keys cannot be looked up the way QuiverDB reads them: create it with `qdb-inspect rebuild-dir --path DB --buckets N`, or pass --buckets N (N = the leader's bucket count) to read through heads inferred from the pages", path.display())]
+    NoDir { path: PathBuf },
+    #[error("the database at {} is damaged: {reason}; run `qdb-inspect check --path DB` for a full report", path.display())]
+    Damaged { path: PathBuf, reason: String },
 }
 
 impl Error {

@@ -12,13 +12,22 @@
 //! * [`apply`]: LSN gating and the durability order.
 //! * [`codec`]: streaming gzip/zstd decoding.
 //! * [`net`]: TCP listen/connect with backoff.
+//! * [`pipe`]: bounded in-process pipes between pipeline stages.
+//! * [`config`], [`daemon`]: the quiverdb-follower daemon.
+//! * [`ship`]: a test leader that sends streams the way wal-ship does.
+//! * [`kv`]: KV_RH pages, overflow chains, key hashing (read side).
+//! * [`dir`]: the bucket-head directory, and heads inferred from pages.
+//! * [`inspect`]: `qdb-inspect`: check, dump, get, pages, rebuild-dir.
 
 pub mod apply;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod daemon;
+pub mod dir;
 pub mod error;
+pub mod inspect;
+pub mod kv;
 pub mod layout;
 pub mod meta;
 pub mod net;

@@ -7,7 +7,14 @@ use clap::CommandFactory;
 
 fn commands() -> Vec<clap::Command> {
     use quiverdb_follower::cli;
-    vec![cli::apply::Args::command(), cli::ckpt::Args::command()]
+    vec![
+        cli::apply::Args::command(),
+        cli::ckpt::Args::command(),
+        cli::follower::Args::command(),
+        cli::inspect::Args::command(),
+        cli::recv::Args::command(),
+        cli::unzip::Args::command(),
+    ]
 }
 
 fn render(cmd: clap::Command) -> Vec<u8> {

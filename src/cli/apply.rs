@@ -62,6 +62,10 @@ pub struct Args {
     /// Commit at least every this many milliseconds while data flows
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub batch_ms: u64,
+
+    /// Keep DIR/dir (the bucket-head directory QuiverDB reads keys through) for N buckets, the leader's count, so QuiverDB can read the follower; without it dir is left alone, as QuiverDB 1.x does
+    #[arg(long, value_name = "N")]
+    pub buckets: Option<u32>,
 }
 
 impl Args {
@@ -74,6 +78,7 @@ impl Args {
             wait_lock: self.wait_lock,
             batch_bytes: self.batch_mib.max(1) << 20,
             batch_interval: std::time::Duration::from_millis(self.batch_ms),
+            buckets: self.buckets,
             ..ApplyOptions::default()
         }
     }

@@ -90,6 +90,10 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     pub idle_timeout_secs: Option<u64>,
 
+    /// Maintain DIR/dir (the bucket-head directory) for a leader with N buckets, so QuiverDB's reader and qdb-inspect get work on the follower
+    #[arg(long, value_name = "N")]
+    pub buckets: Option<u32>,
+
     /// Do not enable TCP keepalive on leader connections
     #[arg(long)]
     pub no_keepalive: bool,
@@ -115,7 +119,7 @@ impl Args {
             max_pages: self.max_pages,
             idle_timeout_secs: self.idle_timeout_secs,
             no_keepalive: self.no_keepalive,
-            buckets: None,
+            buckets: self.buckets,
         }
     }
 }

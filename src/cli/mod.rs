@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod ckpt;
 pub mod follower;
+pub mod inspect;
 pub mod recv;
 pub mod unzip;
 
