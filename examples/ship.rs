@@ -3,7 +3,7 @@
 //! wal-ship) or to stdout (`-`), header first, one flush per record, through
 //! one gzip/zstd compressor for the whole stream.
 //!
-//! usage: ship [--compress none|gzip|zstd] [--no-finish] [--records N] FILE (tcp://HOST:PORT | -)
+//! usage: ship [--compress none|gzip|zstd] [--since-lsn N] [--no-finish] [--records N] FILE (tcp://HOST:PORT | -)
 //!
 //! `--no-finish` leaves the compressed stream unfinished, as `wal-ship
 //! --follow` does; `--records N` stops after N records (a leader that dies).
@@ -29,12 +29,13 @@ fn main() -> ExitCode {
                 }
             }
             "--no-finish" => opts.finish = false,
+            "--since-lsn" => opts.since_lsn = args.next().and_then(|n| n.parse().ok()).unwrap_or(0),
             "--records" => max = args.next().and_then(|n| n.parse().ok()),
             _ => pos.push(a),
         }
     }
     if pos.len() != 2 || opts.compress == Compression::Auto {
-        eprintln!("usage: ship [--compress none|gzip|zstd] [--no-finish] [--records N] FILE (tcp://HOST:PORT | -)");
+        eprintln!("usage: ship [--compress none|gzip|zstd] [--since-lsn N] [--no-finish] [--records N] FILE (tcp://HOST:PORT | -)");
         return ExitCode::from(2);
     }
     let stream = match std::fs::read(&pos[0]) {

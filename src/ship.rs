@@ -19,6 +19,8 @@ pub struct ShipOptions {
     /// Finish the compressed stream (trailer / frame end) at the end, as
     /// wal-ship does on a normal exit; false mimics `--follow`, which never ends it.
     pub finish: bool,
+    /// Send only records with lsn > this (wal-ship's `--since-lsn`, exclusive).
+    pub since_lsn: u64,
 }
 
 impl Default for ShipOptions {
@@ -27,6 +29,7 @@ impl Default for ShipOptions {
             compress: Compression::None,
             flush_every: 1,
             finish: true,
+            since_lsn: 0,
         }
     }
 }
@@ -88,8 +91,12 @@ fn send<W: Write>(
         if rec_start > start {
             out.write_all(&stream[start..rec_start])?;
         }
+        // As wal-ship, the LSN filter applies to every record type.
         if rd.skip_payload(&h, &raw).map_err(bad)?.is_some() {
             break;
+        }
+        if h.lsn <= opts.since_lsn {
+            continue;
         }
         out.write_all(&stream[rec_start..rd.offset() as usize])?;
         sent += 1;
