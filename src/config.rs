@@ -100,7 +100,7 @@ pub enum ConfigError {
     },
     #[error("config file {}: {msg}", path.display())]
     Parse { path: PathBuf, msg: String },
-    #[error("{key}: {msg}{}", origin(file))]
+    #[error("{}", value_msg(key, msg, file))]
     Value {
         key: &'static str,
         msg: String,
@@ -108,7 +108,7 @@ pub enum ConfigError {
     },
     #[error("no follower database path: give --path DIR or set path = \"DIR\" in the config file")]
     NoPath,
-    #[error("both listen ({listen}) and connect ({connect}) are set{}: choose one (the command line overrides only the key it sets)", origin(file))]
+    #[error("both listen ({listen}) and connect ({connect}) are set{}: choose one", both_origin(file))]
     BothModes {
         listen: String,
         connect: String,
@@ -116,15 +116,20 @@ pub enum ConfigError {
     },
 }
 
-fn origin(file: &Option<PathBuf>) -> String {
+/// Name a bad value the way the user wrote it: a key in the file, or a flag.
+fn value_msg(key: &str, msg: &str, file: &Option<PathBuf>) -> String {
     match file {
-        Some(p) => format!(" (after merging config file {})", p.display()),
-        None => String::new(),
+        Some(p) => format!("config file {}: key `{key}`: {msg}", p.display()),
+        None => format!("--{}: {msg}", key.replace('_', "-")),
     }
 }
 
-/// The keys a config file accepts, for error messages.
-pub const KEYS: &str = "path, listen, connect, decompress, reconnect_ms, backoff_cap_ms, checkpoint_file, checkpoint_interval_ms, allow, fsync, max_pages, idle_timeout_secs, keepalive, buckets";
+fn both_origin(file: &Option<PathBuf>) -> String {
+    match file {
+        Some(p) => format!(" in config file {}", p.display()),
+        None => String::new(),
+    }
+}
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
@@ -138,12 +143,18 @@ impl ConfigFile {
     pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let mut msg = e.message().replace('\n', " ");
-            if msg.starts_with("unknown field") {
-                msg = format!("{msg}; allowed keys: {KEYS}");
-            }
             if let Some(span) = e.span() {
-                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                msg = format!("line {line}: {msg}");
+                let start = span.start.min(text.len());
+                let line_no = text[..start].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("");
+                // toml names the key only for unknown fields; name it for
+                // wrong types too, from the line the error points at.
+                match line.split_once('=') {
+                    Some((key, _)) if !msg.starts_with("unknown field") => {
+                        msg = format!("line {line_no}: key `{}`: {msg}", key.trim());
+                    }
+                    _ => msg = format!("line {line_no}: {msg}"),
+                }
             }
             ConfigError::Parse {
                 path: path.to_path_buf(),
