@@ -158,6 +158,17 @@ pub struct SessionStats {
     pub end: Option<StreamEnd>,
 }
 
+impl std::fmt::Display for SessionStats {
+    /// The one-line summary both qdb-apply and the daemon log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "records={} applied={} skipped={} ignored={} bytes={} last_lsn={}",
+            self.records, self.applied, self.skipped, self.ignored, self.bytes, self.last_lsn
+        )
+    }
+}
+
 type CommitHook = Box<dyn FnMut(&Meta) + Send>;
 
 /// An open follower DB: holds the lock for its lifetime and applies streams.

@@ -108,7 +108,10 @@ pub enum ConfigError {
     },
     #[error("no follower database path: give --path DIR or set path = \"DIR\" in the config file")]
     NoPath,
-    #[error("both listen ({listen}) and connect ({connect}) are set{}: choose one", both_origin(file))]
+    #[error(
+        "both listen ({listen}) and connect ({connect}) are set{}: choose one",
+        both_origin(file)
+    )]
     BothModes {
         listen: String,
         connect: String,

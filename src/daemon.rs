@@ -208,13 +208,7 @@ fn session(
         log::warn!("session from {peer} ended inside a record (partial tail): its {bytes} bytes were ignored");
     }
     log::info!(
-        "session from {peer} ended: records={} applied={} skipped={} ignored={} bytes={} last_lsn={} elapsed={:.3}s",
-        stats.records,
-        stats.applied,
-        stats.skipped,
-        stats.ignored,
-        stats.bytes,
-        stats.last_lsn,
+        "session from {peer} ended: {stats} elapsed={:.3}s",
         started.elapsed().as_secs_f64()
     );
     if follower.meta().is_some() {

@@ -223,6 +223,20 @@ struct Segment {
     dirty: bool,
 }
 
+impl Segment {
+    /// Record a change: dirty until the next sync, or synced now under `always`.
+    fn changed(&mut self, path: &Path, always: bool) -> Result<()> {
+        self.dirty = true;
+        if always {
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io("cannot fsync", path, e))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
 /// The segment files of one DB, with the in-memory logical page count.
 pub struct Store {
     fs: Arc<dyn Fs>,
@@ -391,14 +405,7 @@ impl Store {
             .set_len(want)
             .map_err(|e| Error::io("cannot extend", &path, e))?;
         seg.len = want;
-        seg.dirty = true;
-        if always {
-            seg.file
-                .sync_data()
-                .map_err(|e| Error::io("cannot fsync", &path, e))?;
-            seg.dirty = false;
-        }
-        Ok(())
+        seg.changed(&path, always)
     }
 
     /// Write a full page image at its slot. The page must be allocated.
@@ -412,14 +419,7 @@ impl Store {
             .write_all_at(page, off)
             .map_err(|e| Error::io("cannot write page to", &path, e))?;
         seg.len = seg.len.max(off + page.len() as u64);
-        seg.dirty = true;
-        if always {
-            seg.file
-                .sync_data()
-                .map_err(|e| Error::io("cannot fsync", &path, e))?;
-            seg.dirty = false;
-        }
-        Ok(())
+        seg.changed(&path, always)
     }
 
     /// Make every write so far durable (per the fsync policy). A failed fsync

@@ -40,16 +40,7 @@ fn main() -> ExitCode {
     if let Some(StreamEnd::PartialTail { bytes }) = stats.end {
         log::info!("stream ended inside a record (partial tail): its {bytes} bytes were ignored");
     }
-    log::info!(
-        "records={} applied={} skipped={} ignored={} bytes={} last_lsn={} elapsed={:.3}s",
-        stats.records,
-        stats.applied,
-        stats.skipped,
-        stats.ignored,
-        stats.bytes,
-        stats.last_lsn,
-        started.elapsed().as_secs_f64()
-    );
+    log::info!("{stats} elapsed={:.3}s", started.elapsed().as_secs_f64());
     if res.is_ok() && follower.meta().is_none() {
         log::warn!(
             "the stream carried no page image, so the follower at {} was not created",
