@@ -81,6 +81,11 @@ impl Default for ApplyOptions {
 /// Input that can say what is readable without blocking, so apply can
 /// commit exactly when the next record has not fully arrived yet.
 pub trait Input: Read {
+    /// Can this input pause (a pipe or socket)? If not (a file, a buffer),
+    /// the other methods are never called and commits follow size and time.
+    fn live(&self) -> bool {
+        false
+    }
     /// Bytes readable now without waiting, looking ahead at most `want`.
     fn buffered(&mut self, want: usize) -> usize {
         want
@@ -95,11 +100,14 @@ pub trait Input: Read {
     }
     /// Nothing beyond what is buffered will ever arrive.
     fn closed(&mut self) -> bool {
-        false
+        true
     }
 }
 
 impl Input for ChunkReader {
+    fn live(&self) -> bool {
+        true
+    }
     fn buffered(&mut self, want: usize) -> usize {
         ChunkReader::buffered(self, want)
     }
@@ -305,7 +313,7 @@ impl Follower {
             // sender has paused (or is slow): make the batch durable before
             // blocking, after a short grace so a burst split across reads
             // stays one batch.
-            while self.dirty_or_behind() {
+            while rd.get_mut().live() && self.dirty_or_behind() {
                 let input = rd.get_mut();
                 if next_record_buffered(input) || input.closed() {
                     break;

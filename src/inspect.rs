@@ -22,122 +22,21 @@ use crate::dir::{self, Directory, HeadStats, HeadTracker};
 use crate::error::{Error, Result};
 use crate::kv::{
     bucket_of, parse_overflow, placeholder, read_overflow_chain, unreadable_reason, KvError,
-    KvPage, PageSource, Placeholder,
+    KvPage, Placeholder,
 };
 use crate::layout::*;
 use crate::meta::{self, Meta};
 use crate::page::{check_page_crc, PageCrc};
-use crate::store::{DbLock, FileIo, Fs, OpenMode, Unreadable};
+use crate::store::{DbLock, Fs, Store, Unreadable};
 
 pub use self::sha256::sha256;
-
-/// Pages of a database, read the way `Pager::read_page` reads them, through
-/// files opened read-only.
-pub struct SegmentReader {
-    fs: Arc<dyn Fs>,
-    root: PathBuf,
-    page_size: u32,
-    pages_per_seg: u64,
-    next_page_id: u64,
-    /// Index `seg_no - 1`.
-    segs: Vec<Segment>,
-}
-
-enum Segment {
-    Unopened,
-    Missing,
-    /// Open, with its length when opened.
-    Open(Box<dyn FileIo>, u64),
-}
-
-impl SegmentReader {
-    pub fn new(fs: Arc<dyn Fs>, root: &Path, meta: &Meta) -> SegmentReader {
-        SegmentReader {
-            fs,
-            root: root.to_path_buf(),
-            page_size: meta.page_size,
-            pages_per_seg: pages_per_segment(meta.page_size),
-            next_page_id: meta.next_page_id,
-            segs: Vec::new(),
-        }
-    }
-
-    fn segment(&mut self, seg_no: u64) -> Result<&mut Segment> {
-        let idx = (seg_no - 1) as usize;
-        if self.segs.len() <= idx {
-            self.segs.resize_with(idx + 1, || Segment::Unopened);
-        }
-        if let Segment::Unopened = self.segs[idx] {
-            let path = self.root.join(segment_file_name(seg_no));
-            self.segs[idx] = match self.fs.open(&path, OpenMode::Read) {
-                Ok(f) => {
-                    let len = f.size().map_err(|e| Error::io("cannot stat", &path, e))?;
-                    Segment::Open(f, len)
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Segment::Missing,
-                Err(e) => return Err(Error::io("cannot open", path, e)),
-            };
-        }
-        Ok(&mut self.segs[idx])
-    }
-
-    /// The length of segment `seg_no` when first opened; `None` if missing.
-    pub fn segment_len(&mut self, seg_no: u64) -> Result<Option<u64>> {
-        Ok(match self.segment(seg_no)? {
-            Segment::Open(_, len) => Some(*len),
-            _ => None,
-        })
-    }
-}
-
-impl PageSource for SegmentReader {
-    fn page_size(&self) -> u32 {
-        self.page_size
-    }
-
-    fn page_count(&self) -> u64 {
-        self.next_page_id
-    }
-
-    fn read_page(
-        &mut self,
-        id: u64,
-        buf: &mut [u8],
-    ) -> Result<std::result::Result<(), Unreadable>> {
-        if id >= self.next_page_id {
-            return Ok(Err(Unreadable::NotAllocated));
-        }
-        let ps = u64::from(self.page_size);
-        let seg_no = id / self.pages_per_seg + 1;
-        let off = (id % self.pages_per_seg) * ps;
-        let Segment::Open(file, len) = self.segment(seg_no)? else {
-            return Ok(Err(Unreadable::MissingSegment));
-        };
-        if *len < off + ps {
-            return Ok(Err(Unreadable::ShortSegment));
-        }
-        let mut got = 0;
-        while got < buf.len() {
-            match file.read_at(&mut buf[got..], off + got as u64) {
-                Ok(0) => return Ok(Err(Unreadable::ShortSegment)),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Ok(Err(Unreadable::IoError)),
-            }
-        }
-        if let PageCrc::Mismatch { .. } = check_page_crc(buf) {
-            return Ok(Err(Unreadable::CrcMismatch));
-        }
-        Ok(Ok(()))
-    }
-}
 
 /// A database opened for reading: its meta (read once) and its pages.
 pub struct Db {
     fs: Arc<dyn Fs>,
     root: PathBuf,
     pub meta: Meta,
-    pub pages: SegmentReader,
+    pub pages: Store,
 }
 
 impl Db {
@@ -145,7 +44,7 @@ impl Db {
         let meta = meta::read_meta(&*fs, root)?.ok_or_else(|| Error::NoDatabase {
             path: root.to_path_buf(),
         })?;
-        let pages = SegmentReader::new(fs.clone(), root, &meta);
+        let pages = Store::open_read_only(fs.clone(), root, &meta);
         Ok(Db {
             fs,
             root: root.to_path_buf(),

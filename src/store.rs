@@ -249,6 +249,8 @@ pub struct Store {
     fsync: FsyncPolicy,
     /// A segment file was created since the last sync: the folder needs an fsync.
     dir_dirty: bool,
+    /// Opened for reading only (qdb-inspect, alongside a running applier).
+    read_only: bool,
 }
 
 /// Why a page could not be read; any of these makes apply overwrite it (§6.2).
@@ -272,7 +274,21 @@ impl Store {
             next_page_id: meta.next_page_id,
             fsync,
             dir_dirty: false,
+            read_only: false,
         }
+    }
+
+    /// Open for reading only: segments are opened read-only and never
+    /// created, so this works beside a running applier and on read-only media.
+    pub fn open_read_only(fs: Arc<dyn Fs>, root: &Path, meta: &Meta) -> Store {
+        let mut s = Store::open(fs, root, meta, FsyncPolicy::Never);
+        s.read_only = true;
+        s
+    }
+
+    /// Length of segment `seg_no` when first opened; `None` if it is missing.
+    pub fn segment_len(&mut self, seg_no: u64) -> Result<Option<u64>> {
+        Ok(self.segment(seg_no, false)?.map(|s| s.len))
     }
 
     pub fn page_size(&self) -> u32 {
@@ -305,7 +321,13 @@ impl Store {
         }
         if self.segs[idx].is_none() {
             let path = self.seg_path(seg_no);
-            let mode = if create {
+            debug_assert!(
+                !(create && self.read_only),
+                "write through a read-only store"
+            );
+            let mode = if self.read_only {
+                OpenMode::Read
+            } else if create {
                 if !self.fs.exists(&path) {
                     self.dir_dirty = true;
                 }
@@ -356,7 +378,9 @@ impl Store {
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    log::warn!("page {id}: read failed ({e}); it will be overwritten");
+                    if !self.read_only {
+                        log::warn!("page {id}: read failed ({e}); it will be overwritten");
+                    }
                     return Ok(Err(Unreadable::IoError));
                 }
             }
