@@ -12,11 +12,13 @@
 //! * [`apply`]: LSN gating and the durability order.
 //! * [`codec`]: streaming gzip/zstd decoding.
 //! * [`net`]: TCP listen/connect with backoff.
+//! * [`fault`]: a simulated file system (power loss, injected faults) for tests and fuzzing.
 
 pub mod apply;
 pub mod cli;
 pub mod codec;
 pub mod error;
+pub mod fault;
 pub mod layout;
 pub mod meta;
 pub mod net;

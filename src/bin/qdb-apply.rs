@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         stats.last_lsn,
         started.elapsed().as_secs_f64()
     );
-    if follower.meta().is_none() {
+    if res.is_ok() && follower.meta().is_none() {
         log::warn!(
             "the stream carried no page image, so the follower at {} was not created",
             args.path.display()
