@@ -1144,6 +1144,81 @@ pub fn fuzz_apply_stream_in(root: &Path, data: &[u8]) {
     }
 }
 
+/// The body of the `parse_stream` fuzz target: [`crate::wal::WalReader`]
+/// against the independent parser of [`StreamIndex`]. Both must find the
+/// same CRC-valid records (offset, type, LSN, page id) in the same order; a
+/// clean end or partial tail must come after the last of them, and a CRC
+/// error exactly where the index stopped. The reader never reads past the
+/// input and never allocates more than a page (or its 1 MiB cap) by an
+/// untrusted length.
+pub fn fuzz_parse_stream(data: &[u8]) {
+    use crate::error::StreamError;
+    use crate::wal::{Next, WalReader};
+
+    let idx = StreamIndex::new(data);
+    let Ok(mut rd) = WalReader::open(data) else {
+        assert!(
+            idx.records.is_empty(),
+            "the reader refused a stream the index read"
+        );
+        return;
+    };
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    // `Ok(None)`: a clean end or partial tail; `Ok(Some(offset))`: a page
+    // image of an impossible len, which apply rejects before reading on.
+    let outcome = loop {
+        let (h, raw) = match rd.next_header() {
+            Ok(Next::Record(h, raw)) => (h, raw),
+            Ok(Next::End(_)) => break Ok(None),
+            Err(e) => break Err(e),
+        };
+        let offset = rd.offset() as usize - WAL_RECORD_HEADER_LEN;
+        let end = if h.is_page_image() {
+            if !is_valid_page_size(h.len) {
+                break Ok(Some(offset as u64));
+            }
+            rd.read_payload(&h, &raw, &mut buf)
+        } else {
+            rd.skip_payload(&h, &raw)
+        };
+        match end {
+            Ok(None) => got.push((offset, h.rtype, h.lsn, h.page_id)),
+            Ok(Some(_)) => break Ok(None),
+            Err(e) => break Err(e),
+        }
+        assert!(rd.offset() as usize <= data.len());
+    };
+    let want: Vec<_> = idx
+        .records
+        .iter()
+        .map(|r| (r.offset, r.rtype, r.lsn, r.page_id))
+        .collect();
+    assert!(
+        want.starts_with(&got),
+        "the reader and the index disagree: {got:?} vs {want:?}"
+    );
+    match outcome {
+        Ok(None) => {
+            assert_eq!(got, want);
+            assert_eq!(idx.stopped_at_crc_error, None);
+        }
+        Err(StreamError::CrcMismatch { offset, .. }) => {
+            assert_eq!(got, want);
+            assert_eq!(idx.stopped_at_crc_error, Some(offset as usize));
+        }
+        // The caps end the comparison early; the index, which has none,
+        // either reads that record on or stopped at it.
+        Ok(Some(offset)) | Err(StreamError::RecordTooLong { offset, .. }) => {
+            let offset = offset as usize;
+            if let Some(next) = idx.records.get(got.len()) {
+                assert_eq!(next.offset, offset);
+            }
+        }
+        Err(e) => panic!("unexpected reader error on an in-memory stream: {e}"),
+    }
+}
+
 /// The stream offset of the record a stream error is about (`None` for
 /// errors about the stream header or the input itself).
 pub fn stream_error_offset(e: &crate::Error) -> Option<u64> {

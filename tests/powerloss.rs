@@ -124,6 +124,11 @@ fn count_ops(case: &Case, fsync: FsyncPolicy) -> u64 {
     let e = env();
     let fs = fresh(&e);
     session(&fs, &e, fsync, &case.stream.bytes).unwrap();
+    eprintln!(
+        "{} records, fsync {fsync:?}: {} mutating operations",
+        case.stream.records.len(),
+        fs.ops()
+    );
     fs.ops()
 }
 
