@@ -64,7 +64,9 @@ pub enum OpKind {
     SetLen,
     /// `sync_data` or `sync_all`.
     Sync,
+    /// Matched against the folder's path.
     SyncDir,
+    /// Matched against the destination path.
     Rename,
     Remove,
 }
