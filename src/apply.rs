@@ -199,6 +199,13 @@ pub struct Follower {
     hook: Option<CommitHook>,
     /// With `opts.buckets`: the heads DIR/dir gets at each commit.
     heads: Option<HeadTracker>,
+    /// Set by the first local error (a failed write, fsync, rename...).
+    /// After it, pages written since the last commit may not be on disk
+    /// (a failed fsync drops them, and retrying it "succeeds"), and the
+    /// highest LSN seen may belong to a page that was never written, so this
+    /// follower must never commit again: it refuses every further call and
+    /// the process restarts from the durable meta.last_lsn.
+    poisoned: bool,
 }
 
 /// At most this many per-record warnings per session, so a hostile stream
@@ -261,6 +268,7 @@ impl Follower {
             warnings: 0,
             hook: None,
             heads,
+            poisoned: false,
         })
     }
 
@@ -280,12 +288,24 @@ impl Follower {
 
     /// Apply one stream until its end. On a stream error, every page before
     /// the bad record is made durable and covered by meta.last_lsn before the
-    /// error is returned.
+    /// error is returned. On a local error nothing more is committed, and
+    /// this follower refuses every later `apply` or `commit`
+    /// ([`Error::Poisoned`]): the process must restart from the durable meta.
     pub fn apply<I: Input>(&mut self, input: I, stats: &mut SessionStats) -> Result<()> {
+        self.check_poisoned()?;
         self.warnings = 0;
         let res = self.apply_inner(input, stats);
-        // Commit whatever the stream delivered, whether it ended well or not.
-        let committed = self.commit(stats);
+        let committed = match &res {
+            // A local error must not be followed by a commit: it would fsync
+            // again after a failed fsync, or cover the LSN of a page whose
+            // write failed.
+            Err(e) if !e.is_stream_error() => {
+                self.poisoned = true;
+                Ok(())
+            }
+            // Commit whatever the stream delivered, whether it ended well or not.
+            _ => self.commit(stats),
+        };
         stats.last_lsn = self.meta().map_or(0, |m| m.last_lsn);
         match (res, committed) {
             (Err(e), Ok(())) => Err(e),
@@ -485,7 +505,10 @@ impl Follower {
 
     /// Count a CRC-valid record's LSN towards last_lsn, and warn about gaps.
     fn saw_lsn(&mut self, hdr: &RecordHeader) {
-        if hdr.lsn > self.max_lsn + 1 && hdr.lsn > 1 {
+        // Saturating: a stream may carry lsn u64::MAX, and the next record
+        // after it must not overflow (a panic in debug builds, a bogus gap
+        // warning in release).
+        if hdr.lsn > self.max_lsn.saturating_add(1) && hdr.lsn > 1 {
             let (have, next) = (self.max_lsn, hdr.lsn);
             self.warn(format_args!(
                 "LSN gap: the follower has every LSN up to {have} but the stream continues at {next}: frames the leader truncated were never received; if they changed pages, re-seed the follower from a leader backup"
@@ -513,6 +536,24 @@ impl Follower {
     /// Make every applied page durable, then persist meta (last_lsn = the
     /// highest LSN seen, next_page_id) if it changed.
     pub fn commit(&mut self, stats: &mut SessionStats) -> Result<()> {
+        self.check_poisoned()?;
+        let res = self.commit_inner(stats);
+        if res.is_err() {
+            self.poisoned = true;
+        }
+        res
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::Poisoned {
+                path: self.root.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn commit_inner(&mut self, stats: &mut SessionStats) -> Result<()> {
         self.last_commit = Instant::now();
         let Some((meta, store)) = self.db.as_mut() else {
             return Ok(());

@@ -84,6 +84,8 @@ pub enum Error {
     OrphanSegments { path: PathBuf },
     #[error("the follower database {} is locked by another process (flock on {}): another qdb-apply or quiverdb-follower is running on it; stop it, or pass --wait-lock to wait", path.display(), path.join(crate::layout::LOCK_FILE).display())]
     Locked { path: PathBuf },
+    #[error("the follower database {} stopped after an earlier local error (a failed write, fsync or rename): nothing more is applied or committed by this process; fix the cause, then restart to resume from meta.last_lsn", path.display())]
+    Poisoned { path: PathBuf },
     #[error("page size {0} is not allowed by QuiverDB 1.x: use 4096, 8192, 16384 or 32768")]
     InvalidPageSize(u32),
     #[error("the follower database {} has page size {db}, but {requested} was requested: a follower must have its leader's page size", path.display())]

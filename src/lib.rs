@@ -18,6 +18,7 @@
 //! * [`kv`]: KV_RH pages, overflow chains, key hashing (read side).
 //! * [`dir`]: the bucket-head directory, and heads inferred from pages.
 //! * [`inspect`]: `qdb-inspect`: check, dump, get, pages, rebuild-dir.
+//! * [`fault`]: a simulated file system (power loss, injected faults) for tests and fuzzing.
 
 pub mod apply;
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod daemon;
 pub mod dir;
 pub mod error;
+pub mod fault;
 pub mod inspect;
 pub mod kv;
 pub mod layout;

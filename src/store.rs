@@ -180,12 +180,16 @@ pub fn init_db(fs: &dyn Fs, root: &Path, page_size: u32) -> Result<Meta> {
         .map_err(|e| Error::io("cannot create", &seg1, e))?;
     f.sync_all()
         .map_err(|e| Error::io("cannot fsync", &seg1, e))?;
+    // A crash during an earlier init can leave these files created but
+    // empty, short or zero-filled (their folder entry reached the disk, their
+    // data did not). There is no meta yet, so they hold nothing of value:
+    // rewrite any that does not start with its complete header.
     let wal = root.join(WAL_FILE);
-    if !fs.exists(&wal) {
+    if !has_header(fs, &wal, WAL_MAGIC, WAL_HEADER_LEN) {
         write_new_file(fs, &wal, &crate::wal::stream_header())?;
     }
     let free = root.join(FREE_FILE);
-    if !fs.exists(&free) {
+    if !has_header(fs, &free, FREE_MAGIC, FREE_HEADER_LEN) {
         let mut b = [0u8; FREE_HEADER_LEN];
         b[..8].copy_from_slice(FREE_MAGIC);
         b[8..12].copy_from_slice(&1u32.to_le_bytes());
@@ -194,6 +198,12 @@ pub fn init_db(fs: &dyn Fs, root: &Path, page_size: u32) -> Result<Meta> {
     let m = Meta::new_init(page_size);
     meta::write_meta(fs, root, &m)?;
     Ok(m)
+}
+
+/// Does `path` exist, at least `len` bytes long and starting with `magic`?
+fn has_header(fs: &dyn Fs, path: &Path, magic: &[u8], len: usize) -> bool {
+    fs.read(path)
+        .is_ok_and(|b| b.len() >= len && b.starts_with(magic))
 }
 
 fn write_new_file(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> Result<()> {
