@@ -206,6 +206,9 @@ pub struct Follower {
     /// follower must never commit again: it refuses every further call and
     /// the process restarts from the durable meta.last_lsn.
     poisoned: bool,
+    /// Page LSNs up to this are known durable (meta.last_lsn at open, then
+    /// at each commit); gating trusts only those.
+    trusted_lsn: u64,
 }
 
 /// At most this many per-record warnings per session, so a hostile stream
@@ -269,6 +272,7 @@ impl Follower {
             hook: None,
             heads,
             poisoned: false,
+            trusted_lsn: max_lsn,
         })
     }
 
@@ -482,7 +486,11 @@ impl Follower {
             if store.read_page(id, &mut self.current)?.is_ok() {
                 let cur_lsn = page::v2_page_lsn(&self.current);
                 if let (Some(c), Some(n)) = (cur_lsn, new_lsn) {
-                    apply = n > c;
+                    // A page newer than the durable last_lsn was written by a
+                    // run that never committed it: after a failed fsync it may
+                    // exist only in the page cache, so it must not make us
+                    // skip the image that would rewrite it (1.x trusts it).
+                    apply = n > c || c > self.trusted_lsn;
                 }
             }
         }
@@ -573,6 +581,7 @@ impl Follower {
         if next != *meta {
             meta::write_meta(&*self.fs, &self.root, &next)?;
             *meta = next;
+            self.trusted_lsn = next.last_lsn;
             stats.commits += 1;
             log::debug!(
                 "commit: last_lsn={} next_page_id={}",

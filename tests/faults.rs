@@ -621,3 +621,69 @@ fn disconnect_at_every_byte_synthetic() {
     assert_eq!(s.records.len(), 6);
     cut_everywhere(&s, &synthetic_expected());
 }
+
+/// `stream` again with every LSN (record and page) moved up by `by`: the
+/// same pages rewritten later, as a leader's churn rewrites them.
+fn restamp(stream: &[u8], by: u64) -> Vec<u8> {
+    use quiverdb_follower::wal::{self, Next, WalReader};
+    let mut out = wal::stream_header().to_vec();
+    let mut rd = WalReader::open(stream).unwrap();
+    let mut buf = Vec::new();
+    while let Next::Record(h, raw) = rd.next_header().unwrap() {
+        assert!(rd.read_payload(&h, &raw, &mut buf).unwrap().is_none());
+        quiverdb_follower::page::commit_stamp(&mut buf, h.lsn + by);
+        wal::encode_record(&mut out, h.rtype, h.lsn + by, h.page_id, &buf);
+    }
+    out
+}
+
+#[test]
+fn eio_then_restart_without_reboot_rewrites_pages_only_the_cache_holds() {
+    // After a failed fsync Linux keeps the unwritten pages in the page cache,
+    // marked clean. A follower restarted at once (no reboot) reads them as if
+    // they were on disk; gating must not trust them to skip the images that
+    // would rewrite them, or its next commit claims pages the disk never got.
+    let c02 = fixture_stream("c02-overflow");
+    let round2 = restamp(&c02.bytes, 78);
+    let one_commit = ApplyOptions {
+        batch_bytes: 1 << 30,
+        batch_interval: Duration::from_secs(3600),
+        wait_lock: true,
+        ..ApplyOptions::default()
+    };
+    let run = |e: &Env, stream: &[u8]| {
+        let mut f = Follower::open(Arc::new(e.fs.clone()), &e.root, one_commit.clone()).unwrap();
+        f.apply(Plain(stream), &mut SessionStats::default())
+    };
+    let reference = env();
+    run(&reference, &c02.bytes).unwrap();
+    run(&reference, &round2).unwrap();
+
+    let e = env();
+    run(&e, &c02.bytes).unwrap();
+    let mut f = Follower::open(Arc::new(e.fs.clone()), &e.root, one_commit.clone()).unwrap();
+    // The one segment fsync of round 2 fails: none of its pages reach the disk.
+    e.fs.inject(Fault::new(OpKind::Sync, 1, eio()).on_path(".p1seg"));
+    let err = f
+        .apply(Plain(&round2[..]), &mut SessionStats::default())
+        .unwrap_err();
+    drop(f);
+    assert!(!err.is_stream_error(), "{err}");
+    e.fs.clear_faults();
+    let durable = check_claims(&e.fs, &e.root, &StreamIndex::new(&round2), None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(durable.last_lsn, 78);
+    // Restart at once and resume from the durable last_lsn.
+    run(&e, &StreamIndex::new(&round2).since(durable.last_lsn)).unwrap();
+    e.fs.crash(CrashMode::LoseUnsynced);
+    reference.fs.crash(CrashMode::LoseUnsynced);
+    for name in reference.fs.durable_list(&reference.root) {
+        if name == "LOCK" {
+            continue;
+        }
+        let want = reference.fs.durable_read(&reference.root.join(&name));
+        let have = e.fs.durable_read(&e.root.join(&name));
+        assert!(have == want, "{name} differs from the fault-free follower");
+    }
+}
