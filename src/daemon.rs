@@ -180,18 +180,25 @@ fn session(
     let net_res = net_thread.join().expect("net thread");
     let dec_res = decode_thread.map(|t| t.join().expect("decode thread"));
 
-    match &apply_res {
-        Err(e) if !e.is_stream_error() => {
+    if let Err(e) = &apply_res {
+        if !e.is_stream_error() {
             log::error!("session from {peer}: {e}");
             return Err(DaemonError::Db(apply_res.unwrap_err()));
         }
-        Err(e) => log::warn!("session from {peer} failed: {e}"),
-        Ok(()) => {}
+    }
+    // A decode failure (other than apply having stopped reading) is the
+    // cause of whatever apply then saw: e.g. raw WAL sent to --decompress
+    // gzip reaches apply as an empty stream ("input ended after 0 bytes"),
+    // which would hide the real reason ("use --decompress none or auto").
+    let dec_failed = matches!(&dec_res, Some(Err(e)) if !e.is_broken_pipe());
+    match (&dec_res, &apply_res) {
+        (Some(Err(e)), _) if dec_failed => log::warn!("session from {peer} failed: {e}"),
+        (_, Err(e)) => log::warn!("session from {peer} failed: {e}"),
+        _ => {}
     }
     // Upstream problems matter only when apply did not already explain the end.
-    if apply_res.is_ok() {
+    if apply_res.is_ok() && !dec_failed {
         match dec_res {
-            Some(Err(e)) if !e.is_broken_pipe() => log::warn!("session from {peer}: {e}"),
             Some(Ok(o)) if o.truncated => {
                 log::warn!(
                     "session from {peer}: compressed stream cut off before its end (partial tail)"
@@ -282,6 +289,13 @@ impl Checkpointer {
 impl CkptInner {
     fn write_now(&self, lsn: u64) -> Result<(), Error> {
         let _w = self.write.lock().unwrap();
+        // The periodic thread reads `lsn` before it takes this lock; if a
+        // session end wrote a newer value in between, writing `lsn` now would
+        // move the file backwards (and could leave it behind meta at exit).
+        let written = self.state.lock().unwrap().1;
+        if written != u64::MAX && lsn < written {
+            return Ok(());
+        }
         meta::write_checkpoint(&*self.fs, &self.file, lsn)?;
         self.state.lock().unwrap().1 = lsn;
         notify(&format!("STATUS=last_lsn={lsn}"));

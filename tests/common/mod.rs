@@ -88,6 +88,7 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "qdb-apply" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-apply")),
         "qdb-ckpt" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-ckpt")),
+        "quiverdb-follower" => PathBuf::from(env!("CARGO_BIN_EXE_quiverdb-follower")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -177,4 +178,202 @@ pub fn since_lsn(stream: &[u8], n: u64) -> Vec<u8> {
 pub fn read_last_lsn(db: &Path) -> u64 {
     let m = fs::read(db.join("meta")).unwrap();
     u64::from_le_bytes(m[32..40].try_into().unwrap())
+}
+
+/// A 127.0.0.1 port nothing listens on right now (bound, then freed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `done` every 10 ms until it holds; panic with `what` (and the
+/// message from `context`) after `timeout`. Every wait in a test goes through
+/// a deadline like this, so a bug fails the test instead of hanging it.
+pub fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    context: impl Fn() -> String,
+    mut done: impl FnMut() -> bool,
+) {
+    let end = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A running binary whose stderr lines are collected by a thread, so a test
+/// can wait (with a deadline) for log lines while the process runs.
+pub struct LoggedChild {
+    pub child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LoggedChild {
+    /// Spawn `name` with `args`, RUST_LOG removed (the binary's default
+    /// level) unless `env` sets it; stdin and stdout are null.
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> LoggedChild {
+        use std::io::BufRead;
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                match line {
+                    Ok(l) => sink.lock().unwrap().push(l),
+                    Err(_) => break,
+                }
+            }
+        });
+        LoggedChild {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.lines().iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Wait (up to `timeout`) until `n` lines contain `needle`; returns the n-th.
+    pub fn wait_log_n(&self, needle: &str, n: usize, timeout: std::time::Duration) -> String {
+        wait_for(
+            &format!("{n} log line(s) containing {needle:?}"),
+            timeout,
+            || format!("stderr so far:\n{}", self.stderr()),
+            || self.count(needle) >= n,
+        );
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .nth(n - 1)
+            .unwrap()
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: std::time::Duration) -> String {
+        self.wait_log_n(needle, 1, timeout)
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Send `sig` (e.g. libc::SIGTERM) to the child.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill({sig})");
+    }
+
+    /// Wait up to `timeout` for the exit (killing the child and failing the
+    /// test if it does not come), then for all of stderr.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let end = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the process did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        status
+    }
+}
+
+impl Drop for LoggedChild {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Run a binary to completion with stdin null, but fail the test (after
+/// killing it) if it has not exited within `timeout`: for runs that must end
+/// at once, where a bug would otherwise leave a daemon serving forever.
+pub fn run_timeout(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> Output {
+    use std::io::Read;
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let end = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+            panic!("{name} {args:?} did not exit within {timeout:?}; stderr:\n{err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
