@@ -17,6 +17,7 @@
 //! * a payload page whose own CRC is wrong is rejected, never written;
 //! * the DB is locked, and created on first use if it does not exist.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -207,8 +208,10 @@ pub struct Follower {
     /// the process restarts from the durable meta.last_lsn.
     poisoned: bool,
     /// Page LSNs up to this are known durable (meta.last_lsn at open, then
-    /// at each commit); gating trusts only those.
+    /// at each commit); gating trusts only those, and the pages this process
+    /// wrote since its last commit (`batch_pages`), whose bytes it knows.
     trusted_lsn: u64,
+    batch_pages: HashSet<u64>,
 }
 
 /// At most this many per-record warnings per session, so a hostile stream
@@ -273,6 +276,7 @@ impl Follower {
             heads,
             poisoned: false,
             trusted_lsn: max_lsn,
+            batch_pages: HashSet::new(),
         })
     }
 
@@ -490,13 +494,14 @@ impl Follower {
                     // run that never committed it: after a failed fsync it may
                     // exist only in the page cache, so it must not make us
                     // skip the image that would rewrite it (1.x trusts it).
-                    apply = n > c || c > self.trusted_lsn;
+                    apply = n > c || (c > self.trusted_lsn && !self.batch_pages.contains(&id));
                 }
             }
         }
         if apply {
             store.ensure_allocated(id)?;
             store.write_page(id, payload)?;
+            self.batch_pages.insert(id);
             if let Some(h) = self.heads.as_mut() {
                 h.page_written(id, payload);
             }
@@ -571,6 +576,8 @@ impl Follower {
             self.dirty = false;
             self.dirty_bytes = 0;
         }
+        // Durable now; from here on `trusted_lsn` (raised below) covers them.
+        self.batch_pages.clear();
         // Only now are the pages the heads point at durable.
         if let Some(h) = self.heads.as_mut().filter(|h| h.is_dirty()) {
             h.persist(&*self.fs, &self.root)?;

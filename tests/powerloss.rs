@@ -207,9 +207,11 @@ fn modes(n: u64) -> [CrashMode; 3] {
 fn c02_power_loss_at_every_op_every_mode() {
     let case = load("c02-overflow");
     let total = count_ops(&case, FsyncPolicy::Batch);
+    // Consecutive pages share one write (store::WriteRun), so a batch is a
+    // few writes, not one per page.
     assert!(
-        total > 100,
-        "c02 should take well over 100 operations, took {total}"
+        total > 60,
+        "c02 should take well over 60 operations, took {total}"
     );
     // total + 1: the cut never happens, the run completes, then power is lost.
     for n in 1..=total + 1 {
@@ -241,7 +243,7 @@ fn c03_power_loss_sampled() {
     let points: Vec<u64> = (1..=total + 1)
         .filter(|&n| n <= 45 || (mid..mid + 30).contains(&n) || n + 30 > total || n % 23 == 0)
         .collect();
-    assert!(points.len() > 180, "{} points", points.len());
+    assert!(points.len() > 150, "{} points", points.len());
     for n in points {
         crash_at(&case, FsyncPolicy::Batch, n, modes(n)[(n % 3) as usize]);
     }
