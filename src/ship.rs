@@ -45,11 +45,15 @@ pub fn ship<W: Write>(
 ) -> io::Result<u64> {
     match opts.compress {
         Compression::Gzip => {
-            let enc = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());
+            let enc = flate2::write::GzEncoder::new(Gate::new(sink), flate2::Compression::fast());
             let (n, mut enc) = send(stream, enc, opts, max_records)?;
             if opts.finish {
                 enc.try_finish()?;
                 enc.get_mut().flush()?;
+            } else {
+                // flate2 writes the trailer when the encoder is dropped; a
+                // `--follow` stream never gets one.
+                enc.get_mut().open = false;
             }
             Ok(n)
         }
@@ -108,4 +112,74 @@ fn send<W: Write>(
     }
     out.flush()?;
     Ok((sent, out))
+}
+
+/// A writer that can be shut, after which writes are swallowed.
+struct Gate<W> {
+    inner: W,
+    open: bool,
+}
+
+impl<W> Gate<W> {
+    fn new(inner: W) -> Gate<W> {
+        Gate { inner, open: true }
+    }
+}
+
+impl<W: Write> Write for Gate<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.open {
+            self.inner.write(buf)
+        } else {
+            Ok(buf.len())
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if self.open {
+            self.inner.flush()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfinished_streams_have_no_end_marker() {
+        let stream = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/quiverdb-1.2.5/c01-one-put/stream.wal"
+        ))
+        .unwrap();
+        for (compress, ext) in [(Compression::Gzip, "gz"), (Compression::Zstd, "zst")] {
+            let want = std::fs::read(format!(
+                "{}/tests/fixtures/quiverdb-1.2.5/c01-one-put/stream.wal.{ext}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            let mut full = Vec::new();
+            let opts = ShipOptions {
+                compress,
+                ..ShipOptions::default()
+            };
+            ship(&stream, &mut full, opts, None).unwrap();
+            assert_eq!(full, want, "{ext}: byte-identical to wal-ship");
+            let mut open = Vec::new();
+            let opts = ShipOptions {
+                compress,
+                finish: false,
+                ..ShipOptions::default()
+            };
+            ship(&stream, &mut open, opts, None).unwrap();
+            assert!(open.len() < full.len(), "{ext}: no trailer");
+            assert_eq!(
+                &open[..],
+                &full[..open.len()],
+                "{ext}: a prefix of the finished stream"
+            );
+        }
+    }
 }
