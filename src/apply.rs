@@ -17,7 +17,7 @@
 //! * a payload page whose own CRC is wrong is rejected, never written;
 //! * the DB is locked, and created on first use if it does not exist.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -209,9 +209,10 @@ pub struct Follower {
     poisoned: bool,
     /// Page LSNs up to this are known durable (meta.last_lsn at open, then
     /// at each commit); gating trusts only those, and the pages this process
-    /// wrote since its last commit (`batch_pages`), whose bytes it knows.
+    /// wrote since its last commit (`batch_pages`: id -> v2 LSN), whose
+    /// bytes it knows, so it need not even read them back.
     trusted_lsn: u64,
-    batch_pages: HashSet<u64>,
+    batch_pages: HashMap<u64, Option<u64>>,
 }
 
 /// At most this many per-record warnings per session, so a hostile stream
@@ -276,7 +277,7 @@ impl Follower {
             heads,
             poisoned: false,
             trusted_lsn: max_lsn,
-            batch_pages: HashSet::new(),
+            batch_pages: HashMap::new(),
         })
     }
 
@@ -485,7 +486,13 @@ impl Follower {
         let (_, store) = self.db.as_mut().expect("db exists");
         let id = hdr.page_id;
         let mut apply = true;
-        if id < store.next_page_id() {
+        if let Some(&written) = self.batch_pages.get(&id) {
+            // Written by this process since the last commit: its LSN is
+            // known without reading it back (and it is trusted).
+            if let (Some(c), Some(n)) = (written, new_lsn) {
+                apply = n > c;
+            }
+        } else if id < store.next_page_id() {
             self.current.resize(payload.len(), 0);
             if store.read_page(id, &mut self.current)?.is_ok() {
                 let cur_lsn = page::v2_page_lsn(&self.current);
@@ -494,14 +501,14 @@ impl Follower {
                     // run that never committed it: after a failed fsync it may
                     // exist only in the page cache, so it must not make us
                     // skip the image that would rewrite it (1.x trusts it).
-                    apply = n > c || (c > self.trusted_lsn && !self.batch_pages.contains(&id));
+                    apply = n > c || c > self.trusted_lsn;
                 }
             }
         }
         if apply {
             store.ensure_allocated(id)?;
             store.write_page(id, payload)?;
-            self.batch_pages.insert(id);
+            self.batch_pages.insert(id, new_lsn);
             if let Some(h) = self.heads.as_mut() {
                 h.page_written(id, payload);
             }

@@ -543,9 +543,11 @@ impl Store {
         }
         let run = std::mem::take(&mut self.run);
         let res = self.write_at(run.seg_no, run.off, &run.buf);
-        if res.is_ok() && self.fsync == FsyncPolicy::Batch {
-            // Overlap the disk with the rest of the batch instead of paying
-            // for all of it at the commit's fsync.
+        if res.is_ok() && self.fsync == FsyncPolicy::Batch && run.buf.len() >= MAX_RUN / 2 {
+            // A long sequential run (a growing follower): overlap the disk
+            // with the rest of the batch instead of paying for all of it at
+            // the commit's fsync. Not for short runs: pages under writeback
+            // cannot be rewritten without waiting, and churn rewrites them.
             if let Ok(Some(seg)) = self.segment(run.seg_no, false) {
                 seg.file.start_writeback(run.off, run.buf.len() as u64);
             }
