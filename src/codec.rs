@@ -822,7 +822,12 @@ impl GzipDecoder {
                 // The decoder may hold more output for this input: go on.
                 continue;
             }
-            if pos == input.len() {
+            // Input used up is not "nothing more to write": miniz_oxide
+            // stops at each 32 KiB wrap of its window even when the input it
+            // already consumed decodes further (a long match in progress), so
+            // ask again until it makes no more. Stopping at once held those
+            // bytes back until more input came, for good at a cut stream.
+            if pos == input.len() && made == 0 {
                 break;
             }
             if used == 0 && made == 0 {

@@ -1238,6 +1238,159 @@ pub fn stream_error_offset(e: &crate::Error) -> Option<u64> {
     }
 }
 
+/// Output cap of [`fuzz_unzip`]: a few KiB of gzip or zstd can decode to
+/// gigabytes, so the sink refuses more than this, as a closed pipe would.
+pub const UNZIP_FUZZ_CAP: usize = 4 << 20;
+
+/// A sink that holds at most `cap` bytes and fails (EPIPE) past that.
+struct BoundedSink {
+    out: Vec<u8>,
+    cap: usize,
+    refused: bool,
+}
+
+impl io::Write for BoundedSink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        assert!(!self.refused, "unzip wrote again after its output failed");
+        if self.out.len() + b.len() > self.cap {
+            self.refused = true;
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        self.out.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the stock decoders (flate2's and zstd's readers, the crates' own
+/// code paths, not the raw engines `codec` drives) make of `data`, up to
+/// one byte past `cap`, and whether they reached the end without an error.
+fn stock_decode(data: &[u8], c: crate::codec::Compression, cap: usize) -> (Vec<u8>, bool) {
+    use crate::codec::Compression;
+    use std::io::Read;
+    let r: Box<dyn Read> = match c {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+        Compression::Zstd => match zstd::stream::read::Decoder::new(data) {
+            Ok(d) => Box::new(d),
+            Err(_) => return (Vec::new(), false),
+        },
+        _ => return (data.to_vec(), true),
+    };
+    let mut r = r.take(cap as u64 + 1);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// The body of the `unzip` fuzz target, also replayed on stable by
+/// `tests/unzip_fuzz.rs`: `data` through [`crate::codec::unzip`] in every
+/// mode (auto, none, gzip, zstd) into a sink capped at [`UNZIP_FUZZ_CAP`].
+///
+/// Checks: no panic; reading a slice never fails; a write error is the
+/// sink's own refusal, after which unzip stops writing and returns it
+/// (output stays bounded however much the input would decode to); input
+/// refused for its format writes nothing; what is written is a prefix of a
+/// 1.x stream (it starts like `P1WAL001`); on success every input byte was
+/// read and every output byte counted; uncompressed input is copied
+/// through unchanged; `auto` agrees with the mode it detects; and the output
+/// agrees with the stock decoders: equal for a complete stream, and for a
+/// cut one at least as long as theirs (everything decodable is written).
+pub fn fuzz_unzip(data: &[u8]) {
+    use crate::codec::{unzip, CodecError, Compression};
+    let mut auto = None;
+    for mode in [
+        Compression::Auto,
+        Compression::None,
+        Compression::Gzip,
+        Compression::Zstd,
+    ] {
+        let mut sink = BoundedSink {
+            out: Vec::new(),
+            cap: UNZIP_FUZZ_CAP,
+            refused: false,
+        };
+        let res = unzip(data, &mut sink, mode);
+        let out = &sink.out;
+        let n = out.len().min(WAL_MAGIC.len());
+        assert_eq!(
+            &out[..n],
+            &WAL_MAGIC[..n],
+            "{mode}: output is not a 1.x stream"
+        );
+        match &res {
+            Ok(o) => {
+                assert!(!sink.refused, "{mode}: the refused write was swallowed");
+                assert_eq!(
+                    o.bytes_in,
+                    data.len() as u64,
+                    "{mode}: input not read to its end"
+                );
+                assert_eq!(o.bytes_out, out.len() as u64, "{mode}: bytes_out");
+                if mode != Compression::Auto {
+                    assert_eq!(o.detected, mode);
+                }
+                match o.detected {
+                    Compression::None => assert!(out[..] == data[..], "{mode}: copy-through"),
+                    c if !data.is_empty() => {
+                        let (stock, complete) = stock_decode(data, c, UNZIP_FUZZ_CAP);
+                        if !o.truncated {
+                            assert!(
+                                complete,
+                                "{mode}: the stock {c} decoder refuses a stream unzip accepted"
+                            );
+                            assert!(
+                                stock == *out,
+                                "{mode}: {c} output differs from the stock decoder's"
+                            );
+                        } else {
+                            assert!(
+                                out.starts_with(&stock),
+                                "{mode}: a cut {c} stream: {} bytes written, the stock decoder got {}: not everything decodable was written, or the bytes differ",
+                                out.len(),
+                                stock.len()
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Err(CodecError::Write(_)) => {
+                assert!(sink.refused, "{mode}: a write error the sink never raised")
+            }
+            Err(CodecError::Read(e)) => panic!("{mode}: reading a slice failed: {e}"),
+            Err(
+                CodecError::ModeMismatch { .. }
+                | CodecError::NotRecognised { .. }
+                | CodecError::Wal2 { .. }
+                | CodecError::DecodedNotWal { .. },
+            ) => assert!(out.is_empty(), "{mode}: wrote before refusing the input"),
+            Err(_) => {}
+        }
+        let outcome = res.as_ref().map(|o| (o.detected, o.truncated)).ok();
+        match mode {
+            Compression::Auto => auto = Some((outcome, out.clone())),
+            m => {
+                // `auto` decodes exactly as the mode it detected.
+                if let Some((Some((detected, truncated)), auto_out)) = &auto {
+                    if *detected == m {
+                        assert_eq!(outcome, Some((*detected, *truncated)), "auto vs {m}");
+                        assert!(auto_out == out, "auto and {m} wrote different bytes");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
