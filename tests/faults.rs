@@ -9,6 +9,8 @@
 //! pages; and let the operator resume, once the fault is gone, from that
 //! meta.last_lsn to exactly the state QuiverDB 1.2.5 produces.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -639,21 +641,6 @@ fn disconnect_at_every_byte_synthetic() {
     cut_everywhere(&s, &synthetic_expected());
 }
 
-/// `stream` again with every LSN (record and page) moved up by `by`: the
-/// same pages rewritten later, as a leader's churn rewrites them.
-fn restamp(stream: &[u8], by: u64) -> Vec<u8> {
-    use quiverdb_follower::wal::{self, Next, WalReader};
-    let mut out = wal::stream_header().to_vec();
-    let mut rd = WalReader::open(stream).unwrap();
-    let mut buf = Vec::new();
-    while let Next::Record(h, raw) = rd.next_header().unwrap() {
-        assert!(rd.read_payload(&h, &raw, &mut buf).unwrap().is_none());
-        quiverdb_follower::page::commit_stamp(&mut buf, h.lsn + by);
-        wal::encode_record(&mut out, h.rtype, h.lsn + by, h.page_id, &buf);
-    }
-    out
-}
-
 #[test]
 fn eio_then_restart_without_reboot_rewrites_pages_only_the_cache_holds() {
     // After a failed fsync Linux keeps the unwritten pages in the page cache,
@@ -661,7 +648,7 @@ fn eio_then_restart_without_reboot_rewrites_pages_only_the_cache_holds() {
     // they were on disk; gating must not trust them to skip the images that
     // would rewrite them, or its next commit claims pages the disk never got.
     let c02 = fixture_stream("c02-overflow");
-    let round2 = restamp(&c02.bytes, 78);
+    let round2 = common::restamp(&c02.bytes, 78);
     let one_commit = ApplyOptions {
         batch_bytes: 1 << 30,
         batch_interval: Duration::from_secs(3600),
