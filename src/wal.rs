@@ -77,21 +77,39 @@ pub fn stream_header() -> [u8; WAL_HEADER_LEN] {
     h
 }
 
-/// Encode one record (header with a correct CRC, then payload) onto `out`.
-pub fn encode_record(out: &mut Vec<u8>, rtype: u8, lsn: u64, page_id: u64, payload: &[u8]) {
+/// A record header whose CRC covers the header and `payload`; `len` is
+/// given separately so tests can build a header whose payload never follows.
+pub fn record_header(
+    rtype: u8,
+    lsn: u64,
+    page_id: u64,
+    len: u32,
+    payload: &[u8],
+) -> [u8; WAL_RECORD_HEADER_LEN] {
     let mut hdr = RecordHeader {
         rtype,
         flags: 0,
         reserved: 0,
         lsn,
         page_id,
-        len: payload.len() as u32,
+        len,
         crc: 0,
     }
     .encode();
     let crc = record_crc(&hdr, payload);
     hdr[24..28].copy_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&hdr);
+    hdr
+}
+
+/// Encode one record (header with a correct CRC, then payload) onto `out`.
+pub fn encode_record(out: &mut Vec<u8>, rtype: u8, lsn: u64, page_id: u64, payload: &[u8]) {
+    out.extend_from_slice(&record_header(
+        rtype,
+        lsn,
+        page_id,
+        payload.len() as u32,
+        payload,
+    ));
     out.extend_from_slice(payload);
 }
 

@@ -431,38 +431,6 @@ fn ckpt_prints_writes_and_describes_meta() {
     assert_one_line_error(&o, 3, "is not a QuiverDB 1.x meta v3 file: bad magic");
 }
 
-/// For every page, the highest page LSN among records with lsn <= last_lsn:
-/// what a follower claiming last_lsn must hold at least.
-fn claimed_page_lsns(stream: &[u8], last_lsn: u64) -> std::collections::HashMap<u64, u64> {
-    let mut m = std::collections::HashMap::new();
-    for (lsn, pid, a, _) in records(stream) {
-        if lsn <= last_lsn {
-            let page_lsn = u64::from_le_bytes(stream[a + 28 + 36..a + 28 + 44].try_into().unwrap());
-            let e = m.entry(pid).or_insert(0);
-            *e = (*e).max(page_lsn);
-        }
-    }
-    m
-}
-
-fn assert_last_lsn_not_ahead(db: &Path, stream: &[u8]) -> u64 {
-    if !db.join("meta").exists() {
-        return 0;
-    }
-    let last = read_last_lsn(db);
-    let segs = segment_files(db);
-    for (pid, want) in claimed_page_lsns(stream, last) {
-        let (seg, off) = ((pid / 8192) as usize, (pid % 8192) as usize * 4096);
-        let page = segs.get(seg).and_then(|(_, b)| b.get(off..off + 4096));
-        let have = page.map(|p| u64::from_le_bytes(p[36..44].try_into().unwrap()));
-        assert!(
-            have.is_some_and(|h| h >= want),
-            "meta.last_lsn={last} claims page {pid} at lsn {want}, but the follower has {have:?}"
-        );
-    }
-    last
-}
-
 #[test]
 fn sigkill_at_random_points_then_resume_ends_identical() {
     // Thousands of frames: c03, then c03 again on the same pages with the

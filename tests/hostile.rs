@@ -174,19 +174,7 @@ fn stream(records: &[(u8, u64, u64, Vec<u8>)]) -> Vec<u8> {
 /// header only, so a reader that read the payload first would wait forever
 /// or run out of input: both would show.
 fn bare_header(rtype: u8, lsn: u64, page_id: u64, len: u32) -> Vec<u8> {
-    let mut h = RecordHeader {
-        rtype,
-        flags: 0,
-        reserved: 0,
-        lsn,
-        page_id,
-        len,
-        crc: 0,
-    }
-    .encode();
-    let crc = record_crc(&h, &[]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
-    h.to_vec()
+    quiverdb_follower::wal::record_header(rtype, lsn, page_id, len, &[]).to_vec()
 }
 
 fn xorshift_bytes(seed: u64, n: usize) -> Vec<u8> {

@@ -18,7 +18,7 @@ use quiverdb_follower::codec::Compression;
 use quiverdb_follower::fault::{fuzz_unzip, UNZIP_FUZZ_CAP};
 use quiverdb_follower::layout::WAL_TYPE_PAGE_IMAGE;
 use quiverdb_follower::ship::{ship, ShipOptions};
-use quiverdb_follower::wal::{record_crc, stream_header, RecordHeader};
+use quiverdb_follower::wal::stream_header;
 
 const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/unzip");
 const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions/unzip");
@@ -28,19 +28,7 @@ const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions
 /// A record header whose payload never follows (the follower must judge it
 /// from the header alone), with a CRC over the header only.
 fn bare_header(rtype: u8, lsn: u64, page_id: u64, len: u32) -> Vec<u8> {
-    let mut h = RecordHeader {
-        rtype,
-        flags: 0,
-        reserved: 0,
-        lsn,
-        page_id,
-        len,
-        crc: 0,
-    }
-    .encode();
-    let crc = record_crc(&h, &[]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
-    h.to_vec()
+    quiverdb_follower::wal::record_header(rtype, lsn, page_id, len, &[]).to_vec()
 }
 
 const MIB: usize = 1 << 20;

@@ -392,3 +392,38 @@ pub fn restamp(stream: &[u8], by: u64) -> Vec<u8> {
     }
     out
 }
+
+/// For every page, the highest page LSN among records with lsn <= last_lsn:
+/// what a follower claiming last_lsn must hold at least.
+pub fn claimed_page_lsns(stream: &[u8], last_lsn: u64) -> std::collections::HashMap<u64, u64> {
+    let mut m = std::collections::HashMap::new();
+    for (lsn, pid, a, _) in records(stream) {
+        if lsn <= last_lsn {
+            let page_lsn = u64::from_le_bytes(stream[a + 28 + 36..a + 28 + 44].try_into().unwrap());
+            let e = m.entry(pid).or_insert(0);
+            *e = (*e).max(page_lsn);
+        }
+    }
+    m
+}
+
+/// meta.last_lsn (0 without a follower) never claims a page the segments do
+/// not hold: each page's on-disk v2 LSN is at least the highest page LSN of
+/// the records up to last_lsn (4 KiB pages).
+pub fn assert_last_lsn_not_ahead(db: &Path, stream: &[u8]) -> u64 {
+    if !db.join("meta").exists() {
+        return 0;
+    }
+    let last = read_last_lsn(db);
+    let segs = segment_files(db);
+    for (pid, want) in claimed_page_lsns(stream, last) {
+        let (seg, off) = ((pid / 8192) as usize, (pid % 8192) as usize * 4096);
+        let page = segs.get(seg).and_then(|(_, b)| b.get(off..off + 4096));
+        let have = page.map(|p| u64::from_le_bytes(p[36..44].try_into().unwrap()));
+        assert!(
+            have.is_some_and(|h| h >= want),
+            "meta.last_lsn={last} claims page {pid} at lsn {want}, but the follower has {have:?}"
+        );
+    }
+    last
+}
