@@ -34,18 +34,7 @@ fn fixture_stream(case: &str) -> StreamIndex {
 
 /// The fixture's expected follower files (meta and segments).
 fn expected(case: &str) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(Path::new(FIXTURES).join(case).join("expected")).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name == "meta" {
-            out.insert(name, std::fs::read(&p).unwrap());
-        } else if let Some(seg) = name.strip_suffix(".zst") {
-            let z = std::fs::read(&p).unwrap();
-            out.insert(seg.to_string(), zstd::decode_all(&z[..]).unwrap());
-        }
-    }
-    out
+    common::expected_map(case)
 }
 
 struct Env {

@@ -8,6 +8,8 @@
 //! peak RSS over a long stream) and replay the fuzz target's seed corpus and
 //! deterministic mutations of it on stable.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -30,20 +32,7 @@ fn fixture(case: &str, file: &str) -> Vec<u8> {
 }
 
 fn expected(case: &str) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(Path::new(FIXTURES).join(case).join("expected")).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name == "meta" {
-            out.insert(name, std::fs::read(&p).unwrap());
-        } else if let Some(seg) = name.strip_suffix(".zst") {
-            out.insert(
-                seg.to_string(),
-                zstd::decode_all(&std::fs::read(&p).unwrap()[..]).unwrap(),
-            );
-        }
-    }
-    out
+    common::expected_map(case)
 }
 
 struct Out {
@@ -711,21 +700,7 @@ fn memory_does_not_grow_with_stream_length() {
 // ---- the fuzz target's corpus, on stable -----------------------------------------------
 
 fn seeds() -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for dir in ["fuzz/seeds/apply_stream", "fuzz/regressions/apply_stream"] {
-        let Ok(rd) = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)) else {
-            continue;
-        };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "md") {
-                continue;
-            }
-            out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-        }
-    }
-    out.sort();
-    out
+    common::read_corpus(&["fuzz/seeds/apply_stream", "fuzz/regressions/apply_stream"])
 }
 
 /// Structured mutations a byte-level fuzzer rarely reaches because of the

@@ -13,6 +13,8 @@
 //!    file of the follower must be byte-identical to what QuiverDB 1.2.5's
 //!    own `wal-apply` produced (the fixture's `expected/`).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,17 +36,7 @@ struct Case {
 fn load(case: &str) -> Case {
     let dir = Path::new(FIXTURES).join(case);
     let stream = StreamIndex::new(&std::fs::read(dir.join("stream.wal")).unwrap());
-    let mut expected = BTreeMap::new();
-    for e in std::fs::read_dir(dir.join("expected")).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name == "meta" {
-            expected.insert(name, std::fs::read(&p).unwrap());
-        } else if let Some(seg) = name.strip_suffix(".zst") {
-            let z = std::fs::read(&p).unwrap();
-            expected.insert(seg.to_string(), zstd::decode_all(&z[..]).unwrap());
-        }
-    }
+    let mut expected = common::expected_map(case);
     // The files `init` creates and apply never touches (spec §11.5).
     expected.insert(
         "wal-000001.log".into(),

@@ -21,7 +21,6 @@ use quiverdb_follower::ship::{ship, ShipOptions};
 use quiverdb_follower::wal::stream_header;
 
 const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/unzip");
-const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions/unzip");
 
 // ---- building compressed streams --------------------------------------------------
 
@@ -361,21 +360,7 @@ fn write_unzip_seeds() {
 }
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let mut out = vec![];
-    for dir in [SEEDS, REGRESSIONS] {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "md") {
-                continue;
-            }
-            out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-        }
-    }
-    out.sort();
-    out
+    read_corpus(&["fuzz/seeds/unzip", "fuzz/regressions/unzip"])
 }
 
 #[test]

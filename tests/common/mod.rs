@@ -47,6 +47,47 @@ pub fn expected_files(name: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// `expected_files` as a map, by file name.
+pub fn expected_map(name: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    expected_files(name).into_iter().collect()
+}
+
+/// Every file of the corpus folders (seeds and regressions of a fuzz
+/// target), sorted by path; notes (`*.md`) and missing folders are skipped.
+pub fn read_corpus(dirs: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(rd) = fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md") {
+                continue;
+            }
+            out.push((p.display().to_string(), fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A command for one of our binaries: RUST_LOG and NOTIFY_SOCKET removed
+/// (the binary's defaults) unless `env` sets them, stdin null, stderr piped.
+pub fn command(name: &str, args: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Command {
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 /// The follower's segment files (sorted by name).
 pub fn segment_files(db: &Path) -> Vec<(String, Vec<u8>)> {
     let mut names: Vec<_> = fs::read_dir(db)
@@ -222,17 +263,9 @@ impl LoggedChild {
     /// level) unless `env` sets it; stdin and stdout are null.
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> LoggedChild {
         use std::io::BufRead;
-        let mut cmd = Command::new(bin(name));
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut child = command(name, args, env, Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stderr = child.stderr.take().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -338,17 +371,9 @@ pub fn run_timeout(
     timeout: std::time::Duration,
 ) -> Output {
     use std::io::Read;
-    let mut cmd = Command::new(bin(name));
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let mut child = command(name, args, env, Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut v = Vec::new();
