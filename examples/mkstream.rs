@@ -13,8 +13,8 @@
 
 use std::io::{BufWriter, Write};
 
-use quiverdb_follower::page;
-use quiverdb_follower::wal::{self, Next, WalReader};
+use quiverdb_follower::format::page;
+use quiverdb_follower::format::wal::{self, Next, WalReader};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

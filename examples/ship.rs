@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::process::ExitCode;
 
 use quiverdb_follower::codec::Compression;
-use quiverdb_follower::ship::{ship, ShipOptions};
+use testkit::leader::{ship, ShipOptions};
 
 fn main() -> ExitCode {
     let mut opts = ShipOptions::default();

@@ -82,7 +82,7 @@ pub enum Error {
     BadMeta { path: PathBuf, reason: String },
     #[error("{} has data segment files but no meta: refusing to create a database over them (move them away, or restore the meta file)", path.display())]
     OrphanSegments { path: PathBuf },
-    #[error("the follower database {} is locked by another process (flock on {}): another qdb-apply or quiverdb-follower is running on it; stop it, or pass --wait-lock to wait", path.display(), path.join(crate::layout::LOCK_FILE).display())]
+    #[error("the follower database {} is locked by another process (flock on {}): another qdb-apply or quiverdb-follower is running on it; stop it, or pass --wait-lock to wait", path.display(), path.join(crate::format::layout::LOCK_FILE).display())]
     Locked { path: PathBuf },
     #[error("the follower database {} stopped after an earlier local error (a failed write, fsync or rename): nothing more is applied or committed by this process; fix the cause, then restart to resume from meta.last_lsn", path.display())]
     Poisoned { path: PathBuf },

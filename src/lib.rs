@@ -1,42 +1,67 @@
-//! quiverdb-follower: apply QuiverDB 1.x WAL streams to a follower database.
+//! quiverdb-follower: keep a follower copy of a QuiverDB 1.x database in
+//! sync by applying its leader's WAL v1 stream.
 //!
-//! The library holds all logic; the binaries in `src/bin/` parse flags, call
-//! into it and map errors to exit codes. Module map (each mirrors a part of
-//! `spec/quiverdb-1x-formats.md`):
+//! # The house
 //!
-//! * [`layout`]: every format constant and offset.
-//! * [`wal`]: WAL v1 stream parsing and encoding.
-//! * [`page`]: page views: v2 LSN, page CRC.
-//! * [`meta`]: meta v3 parsing, encoding, atomic replacement; checkpoint files.
-//! * [`store`]: segment files, page addressing, fsync, the storage seam, the DB lock.
-//! * [`apply`]: LSN gating and the durability order.
-//! * [`codec`]: streaming gzip/zstd decoding.
-//! * [`net`]: TCP listen/connect with backoff.
-//! * [`pipe`]: bounded in-process pipes between pipeline stages.
-//! * [`config`], [`daemon`]: the quiverdb-follower daemon.
-//! * [`ship`]: a test leader that sends streams the way wal-ship does.
-//! * [`kv`]: KV_RH pages, overflow chains, key hashing (read side).
-//! * [`dir`]: the bucket-head directory, and heads inferred from pages.
-//! * [`inspect`]: `qdb-inspect`: check, dump, get, pages, rebuild-dir.
-//! * [`fault`]: a simulated file system (power loss, injected faults) for tests and fuzzing.
+//! Five layers, each a folder under `src/`, each depending only on the ones
+//! above it in this list:
+//!
+//! | layer | folder | what it owns |
+//! |---|---|---|
+//! | format | `format/` | QuiverDB 1.x bytes: constants, WAL records, pages, KV pages, `dir` ([`format`](mod@format), public) |
+//! | storage | `storage/` | the follower's files: the [`Fs`] seam, segments ([`Store`]), `meta`, the lock, atomic replacement |
+//! | replication | `replica/` | gating and the durability order ([`Follower`]), inferred bucket heads |
+//! | transport | `transport/` | TCP, gzip/zstd decoding, bounded pipes between threads |
+//! | read side | `inspect/` | `qdb-inspect`: check, dump, get, pages, rebuild-dir ([`inspect`]) |
+//!
+//! On top sit the daemon (`daemon/`: settings and the process that wires
+//! transport to replication) and [`cli`] (clap definitions shared by the
+//! thin binaries in `src/bin/` and the man pages). `docs/architecture.md`
+//! draws the path of a record from the socket to `meta`.
+//!
+//! # Contract
+//!
+//! * A page is durable before any LSN that covers it is written anywhere
+//!   (`meta`, the checkpoint file).
+//! * From the same stream, segments and `meta` are byte-identical to what
+//!   QuiverDB 1.2.5's `wal-apply` writes.
+//! * Errors are typed ([`Error`], [`StreamError`]); every message is one
+//!   line that says what to do.
+//!
+//! Test support (a simulated file system with power loss, a test leader)
+//! lives outside the library, in the `testkit` crate.
 
-pub mod apply;
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "quiverdb-follower supports Linux only (it uses sync_file_range, flock semantics and \
+     Linux socket options); build it on Linux"
+);
+
 pub mod cli;
-pub mod codec;
-pub mod config;
-pub mod daemon;
-pub mod dir;
-pub mod error;
-pub mod fault;
+mod daemon;
+mod error;
+pub mod format;
 pub mod inspect;
-pub mod kv;
-pub mod layout;
-pub mod meta;
-pub mod net;
-pub mod page;
-pub mod pipe;
-pub mod ship;
-pub mod store;
-pub mod wal;
+mod replica;
+mod storage;
+mod transport;
 
 pub use error::{Error, Result, StreamError};
+
+// Storage: the file-system seam (public so that tests can inject faults),
+// segments, meta and the lock.
+pub use storage::{
+    init_db, read_meta, replace_file, write_checkpoint, write_meta, DbLock, FileIo, Fs,
+    FsyncPolicy, Meta, OpenMode, StdFs, Store,
+};
+
+// Replication: apply a stream to a follower.
+pub use replica::{ApplyOptions, Follower, Input, Plain, SessionStats, DEFAULT_MAX_PAGES};
+
+// Transport: decoding and the pipes that feed the applier.
+pub use transport::codec::{self, Compression};
+pub use transport::net::{self, SessionOptions};
+pub use transport::pipe;
+
+// The daemon.
+pub use daemon::{config, run as run_daemon, DaemonError};

@@ -136,7 +136,7 @@ fn truncate_records_and_mid_stream_headers_are_tolerated() {
     let split = recs[9].3;
     let mut t = s[..split].to_vec();
     let mut trunc = Vec::new();
-    quiverdb_follower::wal::encode_truncate(&mut trunc);
+    quiverdb_follower::format::wal::encode_truncate(&mut trunc);
     assert_eq!(&trunc[24..], &[0x2f, 0x06, 0xfa, 0x7a]);
     t.extend_from_slice(&trunc);
     t.extend_from_slice(&s[..16]);

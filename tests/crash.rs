@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use child::{Daemon, WAIT};
 use common::*;
 use quiverdb_follower::codec::Compression;
-use quiverdb_follower::ship::{ship, ShipOptions};
+use testkit::leader::{ship, ShipOptions};
 
 /// The daemon as the operator runs it here: zstd from the leader, and a
 /// checkpoint file refreshed every 20 ms during a session, not only at its end.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use quiverdb_follower::codec::Compression;
-use quiverdb_follower::ship::{ship, ShipOptions};
+use testkit::leader::{ship, ShipOptions};
 
 const DAEMON: &str = "quiverdb-follower";
 /// Deadline of any single wait for the daemon (generous: debug build, 2 shared cores).

@@ -32,14 +32,15 @@ use std::sync::Arc;
 
 use child::{Daemon, WAIT};
 use common::*;
-use quiverdb_follower::apply::{ApplyOptions, Follower, SessionStats};
 use quiverdb_follower::codec::Compression;
-use quiverdb_follower::fault::{check_claims, CrashMode, SimFs, StreamIndex};
-use quiverdb_follower::layout::WAL_TYPE_PAGE_IMAGE;
+use quiverdb_follower::format::layout::WAL_TYPE_PAGE_IMAGE;
 use quiverdb_follower::net::{self, SessionOptions};
-use quiverdb_follower::ship::{ship, ShipOptions};
-use quiverdb_follower::store::Fs;
+use quiverdb_follower::Fs;
 use quiverdb_follower::{pipe, Error};
+use quiverdb_follower::{ApplyOptions, Follower, SessionStats};
+use testkit::fault::{CrashMode, SimFs};
+use testkit::leader::{ship, ShipOptions};
+use testkit::stream::{check_claims, StreamIndex};
 
 // ---- the real daemon, a fresh one per offset ------------------------------------
 

@@ -18,13 +18,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiverdb_follower::apply::{ApplyOptions, Follower, Plain, SessionStats};
-use quiverdb_follower::fault::{
-    check_claims, CrashMode, Fault, FaultAction, OpKind, SimFs, StreamIndex,
-};
-use quiverdb_follower::layout::{NO_PAGE, WAL_TYPE_PAGE_IMAGE};
-use quiverdb_follower::store::{Fs, FsyncPolicy};
-use quiverdb_follower::{meta, page, wal};
+use quiverdb_follower::format::layout::{NO_PAGE, WAL_TYPE_PAGE_IMAGE};
+use quiverdb_follower::format::{page, wal};
+use quiverdb_follower::{ApplyOptions, Follower, Plain, SessionStats};
+use quiverdb_follower::{Fs, FsyncPolicy};
+use testkit::fault::{CrashMode, Fault, FaultAction, OpKind, SimFs};
+use testkit::stream::{check_claims, StreamIndex};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quiverdb-1.2.5");
 
@@ -75,7 +74,7 @@ fn open(e: &Env, fsync: FsyncPolicy) -> Follower {
     let mut f = Follower::open(Arc::new(e.fs.clone()), &e.root, opts(fsync)).unwrap();
     let (fs, ckpt) = (e.fs.clone(), e.ckpt.clone());
     f.set_commit_hook(move |m| {
-        meta::write_checkpoint(&fs, &ckpt, m.last_lsn).expect("checkpoint");
+        quiverdb_follower::write_checkpoint(&fs, &ckpt, m.last_lsn).expect("checkpoint");
     });
     f
 }
@@ -309,7 +308,7 @@ fn failing_rename_of_meta_tmp_keeps_the_old_meta() {
             "{msg}"
         );
         let vol = e.fs.read(&e.root.join("meta")).ok();
-        let vol_lsn = vol.map(|b| meta::Meta::parse(&b).unwrap().last_lsn);
+        let vol_lsn = vol.map(|b| quiverdb_follower::Meta::parse(&b).unwrap().last_lsn);
         assert_eq!(
             vol_lsn.unwrap_or(0),
             reported,
@@ -549,7 +548,7 @@ fn synthetic_expected() -> BTreeMap<String, Vec<u8>> {
         2,
         b"page 2, after a gap",
     ));
-    let mut m = meta::Meta::new_init(4096);
+    let mut m = quiverdb_follower::Meta::new_init(4096);
     m.last_lsn = 5;
     m.next_page_id = 3;
     BTreeMap::from([

@@ -16,14 +16,15 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use quiverdb_follower::fault::{fuzz_apply_stream_in, fuzz_parse_stream, StreamIndex};
-use quiverdb_follower::layout::*;
-use quiverdb_follower::meta::Meta;
-use quiverdb_follower::page::{commit_stamp, overflow_page};
-use quiverdb_follower::store::DbLock;
-use quiverdb_follower::wal::{
+use quiverdb_follower::format::layout::*;
+use quiverdb_follower::format::page::{commit_stamp, overflow_page};
+use quiverdb_follower::format::wal::{
     encode_record, encode_truncate, record_crc, stream_header, RecordHeader,
 };
+use quiverdb_follower::DbLock;
+use quiverdb_follower::Meta;
+use testkit::fuzz::{fuzz_apply_stream_in, fuzz_parse_stream};
+use testkit::stream::StreamIndex;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quiverdb-1.2.5");
 
@@ -163,7 +164,7 @@ fn stream(records: &[(u8, u64, u64, Vec<u8>)]) -> Vec<u8> {
 /// header only, so a reader that read the payload first would wait forever
 /// or run out of input: both would show.
 fn bare_header(rtype: u8, lsn: u64, page_id: u64, len: u32) -> Vec<u8> {
-    quiverdb_follower::wal::record_header(rtype, lsn, page_id, len, &[]).to_vec()
+    quiverdb_follower::format::wal::record_header(rtype, lsn, page_id, len, &[]).to_vec()
 }
 
 fn xorshift_bytes(seed: u64, n: usize) -> Vec<u8> {
@@ -405,7 +406,7 @@ fn v2_page_with_a_wrong_page_crc_is_rejected() {
     let s = stream(&[(WAL_TYPE_PAGE_IMAGE, 2, 0, p.clone())]);
     let out = run(&db.path, &[], s);
     let stored = le_u32(&p, PAGE_OFF_CRC);
-    let computed = quiverdb_follower::page::compute_page_crc(&p);
+    let computed = quiverdb_follower::format::page::compute_page_crc(&p);
     assert_error(&out, 1, &format!("page image for page 0 (lsn 2) at stream offset 16 carries a corrupt page: page CRC stored {stored:#010x}, computed {computed:#010x}; nothing of it was written"));
     assert_eq!(files(&db.path), before);
     // On a new follower it is not even created.

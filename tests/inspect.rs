@@ -5,14 +5,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use quiverdb_follower::apply::{ApplyOptions, Follower, Plain, SessionStats};
-use quiverdb_follower::dir::Directory;
+use quiverdb_follower::format::dir::Directory;
+use quiverdb_follower::format::kv::{self, KvPage};
+use quiverdb_follower::format::layout::*;
+use quiverdb_follower::format::page;
+use quiverdb_follower::format::wal;
 use quiverdb_follower::inspect::sha256;
-use quiverdb_follower::kv::{self, KvPage};
-use quiverdb_follower::layout::*;
-use quiverdb_follower::page;
-use quiverdb_follower::store::{DbLock, FileIo, Fs, OpenMode, StdFs};
-use quiverdb_follower::wal;
+use quiverdb_follower::{ApplyOptions, Follower, Plain, SessionStats};
+use quiverdb_follower::{DbLock, FileIo, Fs, OpenMode, StdFs};
 
 const APPLY: &str = env!("CARGO_BIN_EXE_qdb-apply");
 const INSPECT: &str = env!("CARGO_BIN_EXE_qdb-inspect");

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiverdb_follower::apply::{ApplyOptions, Follower, Plain, SessionStats};
-use quiverdb_follower::fault::{check_claims, CrashMode, SimFs, StreamIndex};
-use quiverdb_follower::meta;
-use quiverdb_follower::store::{Fs, FsyncPolicy};
+use quiverdb_follower::{ApplyOptions, Follower, Plain, SessionStats};
+use quiverdb_follower::{Fs, FsyncPolicy};
+use testkit::fault::{CrashMode, SimFs};
+use testkit::stream::{check_claims, StreamIndex};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quiverdb-1.2.5");
 
@@ -98,7 +98,7 @@ fn session(
     f.set_commit_hook(move |m| {
         // A failure here (the power is already off) must not matter: the
         // checkpoint may lag meta, never lead it.
-        let _ = meta::write_checkpoint(&hook_fs, &ckpt, m.last_lsn);
+        let _ = quiverdb_follower::write_checkpoint(&hook_fs, &ckpt, m.last_lsn);
     });
     let mut stats = SessionStats::default();
     f.apply(Plain(bytes), &mut stats)?;
@@ -285,7 +285,7 @@ fn c02_power_loss_twice() {
 
 /// Apply `stream` to the follower at `root` on the real file system.
 fn apply_std(root: &Path, stream: &[u8]) -> SessionStats {
-    let fs = Arc::new(quiverdb_follower::store::StdFs);
+    let fs = Arc::new(quiverdb_follower::StdFs);
     let mut f = Follower::open(fs, root, opts(FsyncPolicy::Batch)).unwrap();
     let mut stats = SessionStats::default();
     f.apply(Plain(stream), &mut stats).unwrap();
@@ -340,7 +340,7 @@ fn torn_page_is_detected_by_its_crc_and_overwritten_by_the_next_image() {
         let off = victim as usize * 4096;
         let page = &mut seg[off..off + 4096];
         assert_eq!(
-            quiverdb_follower::page::v2_page_lsn(page),
+            quiverdb_follower::format::page::v2_page_lsn(page),
             Some(on_disk_lsn)
         );
         if tear {
@@ -352,12 +352,12 @@ fn torn_page_is_detected_by_its_crc_and_overwritten_by_the_next_image() {
                 *b = x as u8;
             }
             assert!(matches!(
-                quiverdb_follower::page::check_page_crc(page),
-                quiverdb_follower::page::PageCrc::Mismatch { .. }
+                quiverdb_follower::format::page::check_page_crc(page),
+                quiverdb_follower::format::page::PageCrc::Mismatch { .. }
             ));
             // The header, LSN included, is intact: only the CRC gives it away.
             assert_eq!(
-                quiverdb_follower::page::v2_page_lsn(page),
+                quiverdb_follower::format::page::v2_page_lsn(page),
                 Some(on_disk_lsn)
             );
             std::fs::write(&seg_path, &seg).unwrap();

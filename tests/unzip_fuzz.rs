@@ -15,10 +15,10 @@ use std::time::Instant;
 use child::Daemon;
 use common::*;
 use quiverdb_follower::codec::Compression;
-use quiverdb_follower::fault::{fuzz_unzip, UNZIP_FUZZ_CAP};
-use quiverdb_follower::layout::WAL_TYPE_PAGE_IMAGE;
-use quiverdb_follower::ship::{ship, ShipOptions};
-use quiverdb_follower::wal::stream_header;
+use quiverdb_follower::format::layout::WAL_TYPE_PAGE_IMAGE;
+use quiverdb_follower::format::wal::stream_header;
+use testkit::fuzz::{fuzz_unzip, UNZIP_FUZZ_CAP};
+use testkit::leader::{ship, ShipOptions};
 
 const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/unzip");
 
@@ -27,7 +27,7 @@ const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/unzip");
 /// A record header whose payload never follows (the follower must judge it
 /// from the header alone), with a CRC over the header only.
 fn bare_header(rtype: u8, lsn: u64, page_id: u64, len: u32) -> Vec<u8> {
-    quiverdb_follower::wal::record_header(rtype, lsn, page_id, len, &[]).to_vec()
+    quiverdb_follower::format::wal::record_header(rtype, lsn, page_id, len, &[]).to_vec()
 }
 
 const MIB: usize = 1 << 20;

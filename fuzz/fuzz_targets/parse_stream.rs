@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    quiverdb_follower::fault::fuzz_parse_stream(data);
+    testkit::fuzz::fuzz_parse_stream(data);
 });

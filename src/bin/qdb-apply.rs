@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use quiverdb_follower::apply::{Follower, SessionStats};
 use quiverdb_follower::cli::{self, apply::Args};
+use quiverdb_follower::format::wal::StreamEnd;
 use quiverdb_follower::pipe;
-use quiverdb_follower::store::StdFs;
-use quiverdb_follower::wal::StreamEnd;
+use quiverdb_follower::StdFs;
+use quiverdb_follower::{Follower, SessionStats};
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -4,14 +4,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use quiverdb_follower::cli::{self, ckpt::Args};
-use quiverdb_follower::meta;
-use quiverdb_follower::store::StdFs;
 use quiverdb_follower::Error;
+use quiverdb_follower::StdFs;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_logging("warn");
-    let m = match meta::read_meta(&StdFs, &args.path) {
+    let m = match quiverdb_follower::read_meta(&StdFs, &args.path) {
         Ok(Some(m)) => m,
         Ok(None) => {
             return cli::report_error(&Error::NoDatabase {
@@ -21,7 +20,7 @@ fn main() -> ExitCode {
         Err(e) => return cli::report_error(&e),
     };
     if let Some(file) = &args.write {
-        if let Err(e) = meta::write_checkpoint(&StdFs, file, m.last_lsn) {
+        if let Err(e) = quiverdb_follower::write_checkpoint(&StdFs, file, m.last_lsn) {
             return cli::report_error(&e);
         }
     }

@@ -10,8 +10,8 @@ use quiverdb_follower::cli::{
     inspect::{Args, Command, EXIT_DAMAGE},
 };
 use quiverdb_follower::inspect::{self, CheckOptions, Db, HeadsFrom, ReadOptions, RebuildOptions};
-use quiverdb_follower::store::{Fs, StdFs};
 use quiverdb_follower::Error;
+use quiverdb_follower::{Fs, StdFs};
 
 fn main() -> ExitCode {
     let args = Args::parse();

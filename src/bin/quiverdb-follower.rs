@@ -7,7 +7,6 @@ use std::sync::Arc;
 use clap::Parser;
 use quiverdb_follower::cli::{self, follower::Args};
 use quiverdb_follower::config::{self, ConfigFile};
-use quiverdb_follower::daemon;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -39,7 +38,7 @@ fn main() -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, shutdown.clone());
         let _ = signal_hook::flag::register(sig, shutdown.clone());
     }
-    match daemon::run(&settings, shutdown) {
+    match quiverdb_follower::run_daemon(&settings, shutdown) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             cli::report(&e);

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::apply::{ApplyOptions, DEFAULT_MAX_PAGES};
-use crate::store::FsyncPolicy;
+use crate::replica::apply::{ApplyOptions, DEFAULT_MAX_PAGES};
+use crate::storage::store::FsyncPolicy;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::codec::Compression;
-use crate::config::CliValues;
-use crate::store::FsyncPolicy;
+use crate::daemon::config::CliValues;
+use crate::storage::store::FsyncPolicy;
+use crate::transport::codec::Compression;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser};
 use log::{info, warn};
 
-use crate::net::{
+use crate::transport::net::{
     configure_stream, connect_with_backoff, pump, pump_framed, sleep_unless_shutdown, AllowList,
     Backoff, Cidr, Listener, NetError, PumpOutcome, SessionEnd, SessionFramer, SessionOptions,
 };
@@ -81,7 +81,7 @@ the idle timeout expired, or the connection failed.";
 )]
 #[command(group(ArgGroup::new("mode").required(true).args(["listen", "connect"])))]
 pub struct Args {
-    /// Listen on ADDR (HOST:PORT, e.g. 0.0.0.0:9999 or [::]:9999) for the leader's wal-ship connection.
+    /// Listen on ADDR (HOST:PORT, e.g. 0.0.0.0:9999 or `[::]:9999`) for the leader's wal-ship connection.
     /// Serves one connection at a time; port 0 picks a free port (see the "listening on" log line).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,

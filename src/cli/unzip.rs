@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-use crate::codec::Compression;
+use crate::transport::codec::Compression;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -406,13 +406,13 @@ pub fn run_timeout(
 /// `stream` again with every LSN (record and page) moved up by `by`: the
 /// same pages rewritten later, as a leader's churn rewrites them.
 pub fn restamp(stream: &[u8], by: u64) -> Vec<u8> {
-    use quiverdb_follower::wal::{self, Next, WalReader};
+    use quiverdb_follower::format::wal::{self, Next, WalReader};
     let mut out = wal::stream_header().to_vec();
     let mut rd = WalReader::open(stream).unwrap();
     let mut buf = Vec::new();
     while let Next::Record(h, raw) = rd.next_header().unwrap() {
         assert!(rd.read_payload(&h, &raw, &mut buf).unwrap().is_none());
-        quiverdb_follower::page::commit_stamp(&mut buf, h.lsn + by);
+        quiverdb_follower::format::page::commit_stamp(&mut buf, h.lsn + by);
         wal::encode_record(&mut out, h.rtype, h.lsn + by, h.page_id, &buf);
     }
     out

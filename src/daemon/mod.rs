@@ -10,6 +10,8 @@
 //! failure (disk, permissions, fsync) ends the daemon with an error so that a
 //! supervisor restarts it.
 
+pub mod config;
+
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,15 +21,15 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::apply::{ApplyOptions, Follower, SessionStats};
-use crate::codec::{self, Compression};
-use crate::config::{Mode, Settings};
+use crate::daemon::config::{Mode, Settings};
 use crate::error::Error;
-use crate::meta;
-use crate::net::{self, AllowList, Backoff, NetError, SessionOptions};
-use crate::pipe;
-use crate::store::{Fs, StdFs};
-use crate::wal::StreamEnd;
+use crate::format::wal::StreamEnd;
+use crate::replica::apply::{ApplyOptions, Follower, SessionStats};
+use crate::storage::meta;
+use crate::storage::store::{Fs, StdFs};
+use crate::transport::codec::{self, Compression};
+use crate::transport::net::{self, AllowList, Backoff, NetError, SessionOptions};
+use crate::transport::pipe;
 
 /// Chunks in flight between two stages (128 KiB each): bounded memory.
 const PIPE_CHUNKS: usize = 16;

@@ -1,7 +1,7 @@
 //! Page views (spec §3): the v2 page LSN that drives gating, the page CRC,
 //! and small encoders for tests and benchmarks.
 
-use crate::layout::*;
+use crate::format::layout::*;
 
 /// Does this buffer carry a page CRC that `read_page` checks (magic `P1PG`
 /// and version >= 2, §3.4)?
@@ -138,4 +138,14 @@ mod tests {
         assert_eq!(v2_page_lsn(&p), None);
         assert!(has_page_crc(&p));
     }
+}
+
+/// Why a page could not be read; any of these makes apply overwrite it (§6.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    NotAllocated,
+    MissingSegment,
+    ShortSegment,
+    CrcMismatch,
+    IoError,
 }

@@ -13,7 +13,7 @@
 use std::io::{self, Read};
 
 use crate::error::StreamError;
-use crate::layout::*;
+use crate::format::layout::*;
 
 /// Non-page records (TRUNCATE, unknown types) carry at most this many payload
 /// bytes. Valid 1.x streams only carry TRUNCATE with len 0; a larger len is a
@@ -165,7 +165,7 @@ pub enum Next {
 }
 
 /// Reads a WAL v1 stream. Wrap a raw fd in a buffer first (or use
-/// [`crate::pipe::ChunkReader`]): the reader issues small `read`s.
+/// [`crate::transport::pipe::ChunkReader`]): the reader issues small `read`s.
 pub struct WalReader<R> {
     inner: R,
     offset: u64,

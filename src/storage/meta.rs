@@ -5,8 +5,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::layout::*;
-use crate::store::{Fs, OpenMode};
+use crate::format::layout::*;
+use crate::storage::store::{Fs, OpenMode};
 
 /// The 41-byte meta v3 header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ impl Meta {
         if b.len() < 8 || &b[..8] != META_MAGIC {
             return Err(format!(
                 "bad magic (expected P1DBMETA, got {})",
-                crate::wal::describe_bytes(b)
+                crate::format::wal::describe_bytes(b)
             ));
         }
         if b.len() < 12 {

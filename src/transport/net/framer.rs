@@ -13,10 +13,10 @@
 
 use std::io::Write;
 
-use crate::layout::{
+use crate::format::layout::{
     le_u32, WAL2_MAGIC, WAL_HEADER_LEN, WAL_MAGIC, WAL_RECORD_HEADER_LEN, WAL_REC_OFF_LEN,
 };
-use crate::net::NetError;
+use crate::transport::net::NetError;
 
 /// The largest record payload `--keep-serving` holds back (1 MiB). 1.x pages
 /// are at most 64 KiB and TRUNCATE records are empty, so a larger `len` means

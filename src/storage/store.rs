@@ -14,8 +14,9 @@ use std::sync::Arc;
 use fs2::FileExt as _;
 
 use crate::error::{Error, Result};
-use crate::layout::*;
-use crate::meta::{self, Meta};
+use crate::format::layout::*;
+use crate::format::page::Unreadable;
+use crate::storage::meta::{self, Meta};
 
 /// How a file is opened through the seam.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +206,7 @@ pub fn init_db(fs: &dyn Fs, root: &Path, page_size: u32) -> Result<Meta> {
     // rewrite any that does not start with its complete header.
     let wal = root.join(WAL_FILE);
     if !has_header(fs, &wal, WAL_MAGIC, WAL_HEADER_LEN) {
-        write_new_file(fs, &wal, &crate::wal::stream_header())?;
+        write_new_file(fs, &wal, &crate::format::wal::stream_header())?;
     }
     let free = root.join(FREE_FILE);
     if !has_header(fs, &free, FREE_MAGIC, FREE_HEADER_LEN) {
@@ -254,8 +255,8 @@ struct Segment {
 
 /// What `read_page` concludes from a page's bytes: v2 pages must pass their CRC.
 fn check_read(buf: &[u8]) -> std::result::Result<(), Unreadable> {
-    match crate::page::check_page_crc(buf) {
-        crate::page::PageCrc::Mismatch { .. } => Err(Unreadable::CrcMismatch),
+    match crate::format::page::check_page_crc(buf) {
+        crate::format::page::PageCrc::Mismatch { .. } => Err(Unreadable::CrcMismatch),
         _ => Ok(()),
     }
 }
@@ -314,16 +315,6 @@ impl WriteRun {
             && off >= self.off
             && off + len <= self.off + self.buf.len() as u64
     }
-}
-
-/// Why a page could not be read; any of these makes apply overwrite it (§6.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unreadable {
-    NotAllocated,
-    MissingSegment,
-    ShortSegment,
-    CrcMismatch,
-    IoError,
 }
 
 impl Store {

@@ -1,5 +1,4 @@
-//! The bucket-head directory `<root>/dir` (spec §4.1), and keeping it right
-//! on a follower.
+//! Keeping the bucket-head directory right on a follower.
 //!
 //! QuiverDB 1.x never logs bucket heads (§9.2), so a follower infers them
 //! from its pages: a non-empty KV_RH page belongs to the bucket of its keys,
@@ -19,176 +18,14 @@
 //! the heads equal the leader's.
 
 use std::collections::HashMap;
-use std::io;
 use std::path::Path;
 
-use thiserror::Error;
-
 use crate::error::{Error, Result};
-use crate::kv::{bucket_of, KvPage, PageSource};
-use crate::layout::*;
-use crate::meta::replace_file;
-use crate::store::{Fs, Store};
-
-/// The largest bucket count accepted: far above 1.x's default of 1024,
-/// and small enough that the directory (128 MiB) and the tracker's
-/// per-bucket state stay reasonable.
-pub const MAX_BUCKETS: u32 = 1 << 24;
-
-/// Why bytes are not a valid `dir` file.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum DirError {
-    #[error("only {len} bytes long, shorter than the 24-byte header")]
-    TooShort { len: usize },
-    #[error("bad magic (expected P1DIR001)")]
-    BadMagic,
-    #[error("version {0} (only version 1 exists)")]
-    BadVersion(u32),
-    #[error("bucket count 0")]
-    ZeroBuckets,
-    #[error("{len} bytes long, but {buckets} buckets need {expected}")]
-    BadLength {
-        buckets: u32,
-        len: usize,
-        expected: usize,
-    },
-    #[error("CRC mismatch (stored {stored:#x}, computed {computed:#010x})")]
-    CrcMismatch {
-        buckets: u32,
-        stored: u64,
-        computed: u32,
-    },
-}
-
-impl DirError {
-    /// The bucket count of a damaged file whose header is still readable.
-    pub fn buckets(&self) -> Option<u32> {
-        match *self {
-            DirError::BadLength { buckets, .. } | DirError::CrcMismatch { buckets, .. } => {
-                Some(buckets)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// The contents of a `dir` file: one head page id (or NO_PAGE) per bucket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Directory {
-    pub heads: Vec<u64>,
-}
-
-impl Directory {
-    /// What `db-init --buckets N` writes: every head NO_PAGE.
-    pub fn empty(buckets: u32) -> Directory {
-        Directory {
-            heads: vec![NO_PAGE; buckets as usize],
-        }
-    }
-
-    pub fn buckets(&self) -> u32 {
-        self.heads.len() as u32
-    }
-
-    /// CRC32 over version ‖ buckets ‖ heads (magic and the CRC field excluded).
-    pub fn crc(&self) -> u32 {
-        let mut h = crc32fast::Hasher::new();
-        h.update(&DIR_VERSION.to_le_bytes());
-        h.update(&self.buckets().to_le_bytes());
-        for head in &self.heads {
-            h.update(&head.to_le_bytes());
-        }
-        h.finalize()
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(DIR_HEADER_LEN + 8 * self.heads.len());
-        b.extend_from_slice(DIR_MAGIC);
-        b.extend_from_slice(&DIR_VERSION.to_le_bytes());
-        b.extend_from_slice(&self.buckets().to_le_bytes());
-        b.extend_from_slice(&u64::from(self.crc()).to_le_bytes());
-        for head in &self.heads {
-            b.extend_from_slice(&head.to_le_bytes());
-        }
-        b
-    }
-
-    /// Parse as `Directory::open` does: a stored CRC field of 0 is not
-    /// checked; any other value must equal the CRC (high half zero).
-    pub fn parse(b: &[u8]) -> Result<Directory, DirError> {
-        if b.len() < DIR_HEADER_LEN {
-            return Err(DirError::TooShort { len: b.len() });
-        }
-        if &b[..8] != DIR_MAGIC {
-            return Err(DirError::BadMagic);
-        }
-        let version = le_u32(b, 8);
-        if version != DIR_VERSION {
-            return Err(DirError::BadVersion(version));
-        }
-        let buckets = le_u32(b, 12);
-        if buckets == 0 {
-            return Err(DirError::ZeroBuckets);
-        }
-        let expected = DIR_HEADER_LEN + 8 * buckets as usize;
-        if b.len() != expected {
-            return Err(DirError::BadLength {
-                buckets,
-                len: b.len(),
-                expected,
-            });
-        }
-        let d = Directory {
-            heads: b[DIR_HEADER_LEN..]
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        };
-        let stored = le_u64(b, 16);
-        let computed = d.crc();
-        if stored != 0 && stored != u64::from(computed) {
-            return Err(DirError::CrcMismatch {
-                buckets,
-                stored,
-                computed,
-            });
-        }
-        Ok(d)
-    }
-}
-
-/// The raw bytes of `<root>/dir`, or `None` when there is none.
-pub fn read_dir_bytes(fs: &dyn Fs, root: &Path) -> Result<Option<Vec<u8>>> {
-    let path = root.join(DIR_FILE);
-    match fs.read(&path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("cannot read", path, e)),
-    }
-}
-
-/// `<root>/dir`, parsed; `None` when there is none.
-pub fn read_dir(fs: &dyn Fs, root: &Path) -> Result<Option<Directory>> {
-    match read_dir_bytes(fs, root)? {
-        None => Ok(None),
-        Some(b) => Directory::parse(&b).map(Some).map_err(|e| Error::BadDir {
-            path: root.join(DIR_FILE),
-            reason: e.to_string(),
-        }),
-    }
-}
-
-/// Replace `<root>/dir` atomically (dir.tmp, fsync, rename, folder fsync).
-pub fn write_dir(fs: &dyn Fs, root: &Path, dir: &Directory) -> Result<()> {
-    replace_file(fs, root, DIR_TMP_FILE, DIR_FILE, &dir.encode())
-}
-
-pub fn check_buckets(buckets: u32) -> Result<()> {
-    if buckets == 0 || buckets > MAX_BUCKETS {
-        return Err(Error::InvalidBuckets(buckets));
-    }
-    Ok(())
-}
+use crate::format::dir::{check_buckets, Directory};
+use crate::format::kv::{bucket_of, KvPage, PageSource};
+use crate::format::layout::*;
+use crate::storage::dirfile::{read_dir_bytes, write_dir};
+use crate::storage::store::{Fs, Store};
 
 /// `bucket` of a page that is in no bucket (empty, not KV_RH, unreadable).
 const NONE: u32 = u32::MAX;
@@ -629,24 +466,8 @@ impl HeadTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::encode_kv_page;
-
-    #[test]
-    fn empty_dir_crcs_match_spec_vectors() {
-        // Spec §11.4.
-        for (buckets, len, crc) in [
-            (64, 536, 0xe66d262c_u32),
-            (128, 1048, 0x63a72f5d),
-            (1024, 8216, 0xc505cc92),
-        ] {
-            let d = Directory::empty(buckets);
-            let b = d.encode();
-            assert_eq!(b.len(), len);
-            assert_eq!(d.crc(), crc);
-            assert_eq!(b[16..24], u64::from(crc).to_le_bytes());
-            assert_eq!(Directory::parse(&b).unwrap(), d);
-        }
-    }
+    use crate::format::dir::MAX_BUCKETS;
+    use crate::format::kv::encode_kv_page;
 
     #[test]
     fn worked_example_dir_crcs_match_spec_vectors() {
@@ -664,34 +485,6 @@ mod tests {
             assert_eq!(d.heads.iter().filter(|&&h| h != NO_PAGE).count(), 1);
             assert_eq!(d.crc(), crc);
         }
-    }
-
-    #[test]
-    fn parse_rejects_damage() {
-        let good = Directory::empty(64).encode();
-        let mut b = good.clone();
-        b[30] ^= 1;
-        assert!(matches!(
-            Directory::parse(&b),
-            Err(DirError::CrcMismatch { buckets: 64, .. })
-        ));
-        // A stored CRC of 0 is accepted unchecked, as 1.x does.
-        b[16..24].fill(0);
-        assert!(Directory::parse(&b).is_ok());
-        assert_eq!(
-            Directory::parse(&good[..100]).unwrap_err().buckets(),
-            Some(64)
-        );
-        let mut b = good.clone();
-        b[0] = b'X';
-        assert_eq!(Directory::parse(&b), Err(DirError::BadMagic));
-        let mut b = good;
-        b[8] = 2;
-        assert_eq!(Directory::parse(&b), Err(DirError::BadVersion(2)));
-        assert_eq!(
-            Directory::parse(b"P1DIR"),
-            Err(DirError::TooShort { len: 5 })
-        );
     }
 
     fn kv(id: u64, next: u64, keys: &[&str]) -> Vec<u8> {
@@ -734,7 +527,10 @@ mod tests {
         t.page_written(3, &kv(3, 5, &[]));
         assert_eq!(t.directory().heads[b], 5);
         // Page 5 reused as an overflow page: the bucket is empty.
-        t.page_written(5, &crate::page::overflow_page(4096, 5, NO_PAGE, 9, b"x"));
+        t.page_written(
+            5,
+            &crate::format::page::overflow_page(4096, 5, NO_PAGE, 9, b"x"),
+        );
         assert_eq!(t.directory().heads[b], NO_PAGE);
         assert_eq!(t.stats(), HeadStats::default());
         assert_eq!(t.facts.get(5), NOT_MEMBER);

@@ -18,16 +18,19 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::dir::{self, Directory, HeadStats, HeadTracker};
 use crate::error::{Error, Result};
-use crate::kv::{
+use crate::format::dir::{self, Directory};
+use crate::format::kv::{
     bucket_of, parse_overflow, placeholder, read_overflow_chain, unreadable_reason, KvError,
     KvPage, Placeholder,
 };
-use crate::layout::*;
-use crate::meta::{self, Meta};
-use crate::page::{check_page_crc, PageCrc};
-use crate::store::{DbLock, Fs, Store, Unreadable};
+use crate::format::layout::*;
+use crate::format::page::Unreadable;
+use crate::format::page::{check_page_crc, PageCrc};
+use crate::replica::heads::{HeadStats, HeadTracker};
+use crate::storage::dirfile;
+use crate::storage::meta::{self, Meta};
+use crate::storage::store::{DbLock, Fs, Store};
 
 pub use self::sha256::sha256;
 
@@ -54,7 +57,7 @@ impl Db {
     }
 
     pub fn dir(&self) -> Result<Option<Directory>> {
-        dir::read_dir(&*self.fs, &self.root)
+        dirfile::read_dir(&*self.fs, &self.root)
     }
 
     /// The heads to read through: DIR/dir, else (with the leader's bucket
@@ -480,7 +483,7 @@ pub fn rebuild_dir(fs: Arc<dyn Fs>, root: &Path, opts: RebuildOptions) -> Result
         dir,
         requested,
     };
-    let (previous, existing_buckets) = match dir::read_dir_bytes(&*fs, root)? {
+    let (previous, existing_buckets) = match dirfile::read_dir_bytes(&*fs, root)? {
         None => (None, None),
         Some(bytes) => match Directory::parse(&bytes) {
             Ok(d) => {
@@ -511,7 +514,7 @@ pub fn rebuild_dir(fs: Arc<dyn Fs>, root: &Path, opts: RebuildOptions) -> Result
     };
     let mut t = HeadTracker::scan(&mut db.pages, buckets)?;
     let dir = t.directory().clone();
-    dir::write_dir(&*fs, root, &dir)?;
+    dirfile::write_dir(&*fs, root, &dir)?;
     Ok(Rebuilt {
         dir,
         stats: t.stats(),
@@ -614,7 +617,7 @@ pub fn check(fs: Arc<dyn Fs>, root: &Path, opts: CheckOptions) -> Result<CheckRe
     check_segments(&mut db, &mut r)?;
 
     // The bucket count: the dir's (even a damaged one's), else --buckets.
-    let (dir, header_buckets) = match dir::read_dir_bytes(&*fs, root)? {
+    let (dir, header_buckets) = match dirfile::read_dir_bytes(&*fs, root)? {
         None => (None, None),
         Some(bytes) => match Directory::parse(&bytes) {
             Ok(d) => {
@@ -819,7 +822,7 @@ fn check_pages(
             // Missing or short segments were reported by the segment pass.
             Err(_) => Seen::Unreadable,
             Ok(()) => {
-                if let Some(lsn) = crate::page::v2_page_lsn(&buf) {
+                if let Some(lsn) = crate::format::page::v2_page_lsn(&buf) {
                     max_lsn = max_lsn.max(lsn);
                 }
                 let s = check_page(id, &buf, buckets, r);
@@ -869,7 +872,7 @@ fn check_page(id: u64, page: &[u8], buckets: Option<u32>, r: &mut CheckReport) -
         PageKind::Other => {
             r.warnings.push(format!(
                 "page {id}: neither KV_RH nor OVERFLOW v2 (starts {})",
-                crate::wal::describe_bytes(&page[..8])
+                crate::format::wal::describe_bytes(&page[..8])
             ));
             Seen::Other
         }

@@ -23,17 +23,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::dir::HeadTracker;
 use crate::error::{Error, Result, StreamError};
-use crate::layout::{
+use crate::format::layout::{
     is_valid_page_size, le_u32, WAL_HEADER_LEN, WAL_MAGIC, WAL_RECORD_HEADER_LEN, WAL_REC_OFF_LEN,
     WAL_TYPE_TRUNCATE,
 };
-use crate::meta::{self, Meta};
-use crate::page::{self, PageCrc};
-use crate::pipe::ChunkReader;
-use crate::store::{self, DbLock, Fs, FsyncPolicy, Store};
-use crate::wal::{Next, RecordHeader, StreamEnd, WalReader};
+use crate::format::page::{self, PageCrc};
+use crate::format::wal::{Next, RecordHeader, StreamEnd, WalReader};
+use crate::replica::heads::HeadTracker;
+use crate::storage::meta::{self, Meta};
+use crate::storage::store::{self, DbLock, Fs, FsyncPolicy, Store};
+use crate::transport::pipe::ChunkReader;
 
 /// Default `--max-pages`: 2^28 pages (1 TiB at 4 KiB pages, 8 TiB at 32 KiB).
 /// Absolute, not relative to the follower's size, because a resumed stream

@@ -7,8 +7,8 @@
 
 use std::io::{self, Write};
 
-use crate::codec::Compression;
-use crate::wal::{Next, WalReader};
+use quiverdb_follower::codec::Compression;
+use quiverdb_follower::format::wal::{Next, WalReader};
 
 /// How much to send.
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +75,9 @@ fn send<W: Write>(
     opts: ShipOptions,
     max: Option<u64>,
 ) -> io::Result<(u64, W)> {
-    let bad = |e: crate::StreamError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let bad = |e: quiverdb_follower::StreamError| {
+        io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+    };
     let mut rd = WalReader::open(stream).map_err(bad)?;
     out.write_all(&stream[..16])?;
     out.flush()?;
@@ -151,12 +153,12 @@ mod tests {
     fn unfinished_streams_have_no_end_marker() {
         let stream = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/quiverdb-1.2.5/c01-one-put/stream.wal"
+            "/../tests/fixtures/quiverdb-1.2.5/c01-one-put/stream.wal"
         ))
         .unwrap();
         for (compress, ext) in [(Compression::Gzip, "gz"), (Compression::Zstd, "zst")] {
             let want = std::fs::read(format!(
-                "{}/tests/fixtures/quiverdb-1.2.5/c01-one-put/stream.wal.{ext}",
+                "{}/../tests/fixtures/quiverdb-1.2.5/c01-one-put/stream.wal.{ext}",
                 env!("CARGO_MANIFEST_DIR")
             ))
             .unwrap();

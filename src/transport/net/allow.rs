@@ -99,7 +99,7 @@ impl fmt::Display for Cidr {
 }
 
 /// The peers a listener accepts. Empty means everyone: the filter is opt-in,
-/// and [`crate::net::Listener::bind`] warns when that leaves a wildcard
+/// and [`crate::transport::net::Listener::bind`] warns when that leaves a wildcard
 /// address open to the whole network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowList(pub Vec<Cidr>);

@@ -4,7 +4,7 @@
 //! Everything here parses bytes that may be corrupt: every offset read from
 //! a page is bounds-checked, and a damaged page is a [`KvError`], never a
 //! panic. Page *reads* (with the CRC check of §3.4) go through
-//! [`PageSource`], implemented by [`Store`] for the applier and by the
+//! [`PageSource`], implemented by `Store` for the applier and by the
 //! read-only segment reader of `qdb-inspect`.
 
 use std::hash::Hasher as _;
@@ -12,8 +12,8 @@ use std::hash::Hasher as _;
 use thiserror::Error;
 
 use crate::error::Result;
-use crate::layout::*;
-use crate::store::{Store, Unreadable};
+use crate::format::layout::*;
+use crate::format::page::Unreadable;
 
 /// QuiverDB 1.x `hash64` (hash_kind 1): XXH64 with seed 0 over
 /// `u64_le(key.len()) ‖ key`. The length prefix comes from Rust's `Hash` for
@@ -304,22 +304,6 @@ pub trait PageSource {
         -> Result<std::result::Result<(), Unreadable>>;
 }
 
-impl PageSource for Store {
-    fn page_size(&self) -> u32 {
-        Store::page_size(self)
-    }
-    fn page_count(&self) -> u64 {
-        self.next_page_id()
-    }
-    fn read_page(
-        &mut self,
-        id: u64,
-        buf: &mut [u8],
-    ) -> Result<std::result::Result<(), Unreadable>> {
-        Store::read_page(self, id, buf)
-    }
-}
-
 /// Why a page cannot be read, in words.
 pub fn unreadable_reason(why: Unreadable) -> &'static str {
     match why {
@@ -476,7 +460,7 @@ pub fn encode_kv_page(
         p[o + 2] = s.fp;
         p[o + 3] = s.dist;
     }
-    crate::page::commit_stamp(&mut p, lsn);
+    crate::format::page::commit_stamp(&mut p, lsn);
     p
 }
 
@@ -616,7 +600,7 @@ mod tests {
         assert!(kv.entries().next().unwrap().is_err());
         assert_eq!(KvPage::parse(&[0u8; 4096]).unwrap_err(), KvError::NotKv);
         assert_eq!(KvPage::parse(&[0u8; 10]).unwrap_err(), KvError::NotKv);
-        let mut o = crate::page::overflow_page(4096, 1, NO_PAGE, 1, b"x");
+        let mut o = crate::format::page::overflow_page(4096, 1, NO_PAGE, 1, b"x");
         o[PAGE_OFF_DATA_START..PAGE_OFF_DATA_START + 2].copy_from_slice(&5000u16.to_le_bytes());
         assert!(matches!(
             parse_overflow(&o),
@@ -667,7 +651,7 @@ mod tests {
     #[test]
     fn overflow_chains() {
         let full = vec![7u8; 4032];
-        let ovf = crate::page::overflow_page;
+        let ovf = crate::format::page::overflow_page;
         let mut mem = Mem(vec![
             ovf(4096, 0, 1, 1, &full),
             ovf(4096, 1, NO_PAGE, 2, b"tail"),

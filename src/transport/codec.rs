@@ -25,7 +25,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::str::FromStr;
 
-use crate::layout::{WAL2_MAGIC, WAL_MAGIC};
+use crate::format::layout::{WAL2_MAGIC, WAL_MAGIC};
 
 /// Size of the input reads. Large, so bulk decoding makes few syscalls; a
 /// read returns whatever is available, so this never delays a flushed record.

@@ -13,9 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::apply::DEFAULT_MAX_PAGES;
-use crate::codec::Compression;
-use crate::store::FsyncPolicy;
+use crate::replica::apply::DEFAULT_MAX_PAGES;
+use crate::storage::store::FsyncPolicy;
+use crate::transport::codec::Compression;
 
 /// Listen address used when neither listen nor connect is given (1.x default).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9999";
@@ -82,7 +82,7 @@ pub struct Settings {
     pub backoff_cap: Duration,
     pub checkpoint_file: Option<PathBuf>,
     pub checkpoint_interval: Duration,
-    pub allow: Vec<crate::net::Cidr>,
+    pub allow: Vec<crate::transport::net::Cidr>,
     pub fsync: FsyncPolicy,
     pub max_pages: u64,
     pub idle_timeout: Option<Duration>,
@@ -258,7 +258,7 @@ pub fn resolve(
     let mut allow = Vec::new();
     for a in &allow_src {
         allow.push(
-            a.parse::<crate::net::Cidr>()
+            a.parse::<crate::transport::net::Cidr>()
                 .map_err(|e| ConfigError::Value {
                     key: "allow",
                     msg: e.to_string(),

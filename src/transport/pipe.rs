@@ -3,7 +3,7 @@
 //! stays bounded by `capacity × chunk size`.
 //!
 //! The reading side can tell whether more input is available *right now*
-//! ([`ChunkReader::idle`]): apply uses that to commit a batch exactly when
+//! ([`ChunkReader::buffered`]): apply uses that to commit a batch exactly when
 //! the sender pauses, instead of waiting for a timer.
 
 use std::collections::VecDeque;
