@@ -11,8 +11,8 @@ fn main() -> ExitCode {
     let args = recv::Args::parse();
     // Quiet by default like any filter; RUST_LOG=info shows the connection story.
     cli::init_logging("warn");
-    let shutdown = match recv::shutdown_flag() {
-        Ok(flag) => flag,
+    let shutdown = match cli::signals() {
+        Ok(signals) => signals.shutdown,
         Err(e) => return cli::report(&format!("cannot install the SIGTERM/SIGINT handlers: {e}")),
     };
     let mut out = io::stdout().lock();

@@ -1,8 +1,6 @@
 //! quiverdb-follower: the daemon (receive, decompress, apply in one process).
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use quiverdb_follower::cli::{self, follower::Args};
 use quiverdb_follower::config::{self, ConfigFile};
@@ -15,7 +13,7 @@ fn main() -> ExitCode {
             Ok(c) => Some(c),
             Err(e) => {
                 cli::report(&e);
-                return ExitCode::from(2);
+                return ExitCode::from(cli::EXIT_USAGE);
             }
         },
         None => None,
@@ -24,20 +22,21 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             cli::report(&e);
-            return ExitCode::from(2);
+            return ExitCode::from(cli::EXIT_USAGE);
         }
     };
     if args.print_config {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
     }
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        // A second signal while stopping ends the process at once.
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, shutdown.clone());
-        let _ = signal_hook::flag::register(sig, shutdown.clone());
-    }
-    match quiverdb_follower::run_daemon(&settings, shutdown) {
+    let signals = match cli::signals() {
+        Ok(s) => s,
+        Err(e) => {
+            cli::report(&format!("cannot install the signal handlers: {e}"));
+            return ExitCode::from(cli::EXIT_LOCAL);
+        }
+    };
+    match quiverdb_follower::run_daemon(&settings, signals.shutdown, signals.hangup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             cli::report(&e);

@@ -1,18 +1,18 @@
 //! `qdb-recv`: receive a leader's WAL stream over TCP and write it to stdout.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use log::{info, warn};
 
 use crate::transport::net::{
-    configure_stream, connect_with_backoff, pump, pump_framed, sleep_unless_shutdown, AllowList,
-    Backoff, Cidr, Listener, NetError, PumpOutcome, SessionEnd, SessionFramer, SessionOptions,
+    configure_stream, pump, pump_framed, AllowList, Backoff, Cidr, NetError, PumpOutcome,
+    SessionEnd, SessionFramer, SessionOptions,
 };
+use crate::transport::serve::{serve, After, Endpoint};
 
 const ABOUT: &str = "Receive a QuiverDB 1.x WAL stream over TCP and write it to stdout";
 
@@ -145,105 +145,54 @@ impl Args {
     }
 }
 
-/// A flag that SIGTERM and SIGINT set. A second signal while the first is
-/// being handled terminates at once, in case shutdown ever hangs.
-pub fn shutdown_flag() -> io::Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&flag))?;
-        signal_hook::flag::register(sig, Arc::clone(&flag))?;
-    }
-    Ok(flag)
-}
-
 /// Receive as `args` say and write the stream to `out`. Returns after one
 /// session, or with --keep-serving when `shutdown` is set or the output fails.
 pub fn run<W: Write>(args: &Args, out: &mut W, shutdown: &AtomicBool) -> Result<(), NetError> {
-    match (&args.listen, &args.connect) {
-        (Some(addr), _) => serve_listening(addr, args, out, shutdown),
+    let endpoint = match (&args.listen, &args.connect) {
+        (Some(addr), _) => Endpoint::Listen {
+            addr: addr.clone(),
+            allow: AllowList(args.allow.clone()),
+        },
         // clap requires one of the two; an empty address fails to resolve.
-        (None, addr) => serve_connecting(addr.as_deref().unwrap_or_default(), args, out, shutdown),
-    }
-}
-
-fn serve_listening<W: Write>(
-    addr: &str,
-    args: &Args,
-    out: &mut W,
-    shutdown: &AtomicBool,
-) -> Result<(), NetError> {
-    let listener = Listener::bind(addr, AllowList(args.allow.clone()))?;
-    loop {
-        let Some((mut stream, peer)) = listener.accept(shutdown)? else {
-            return Ok(());
-        };
-        let peer = peer.to_string();
-        let result = session(&mut stream, &peer, args, out, shutdown);
-        if let Next::Stop = next_step(result, &peer, args.keep_serving)? {
-            return Ok(());
-        }
-    }
-}
-
-fn serve_connecting<W: Write>(
-    addr: &str,
-    args: &Args,
-    out: &mut W,
-    shutdown: &AtomicBool,
-) -> Result<(), NetError> {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(args.reconnect_ms),
-        Duration::from_millis(args.backoff_cap_ms),
-    );
-    loop {
-        let Some(mut stream) =
-            connect_with_backoff(addr, &mut backoff, args.max_retries, shutdown)?
-        else {
-            return Ok(());
-        };
-        let result = session(&mut stream, addr, args, out, shutdown);
-        match next_step(result, addr, args.keep_serving)? {
-            Next::Stop => return Ok(()),
-            Next::Again => {}
-            Next::AgainAfterFailure => {
-                let delay = backoff.next_delay();
-                info!("reconnecting to {addr} in {} ms", delay.as_millis());
-                if !sleep_unless_shutdown(delay, shutdown) {
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-/// What a serve loop does after a session.
-enum Next {
-    Stop,
-    Again,
-    /// Again, but connect mode waits first, so that a server that fails or
-    /// closes every connection at once does not make it spin.
-    AgainAfterFailure,
+        (None, addr) => Endpoint::Connect {
+            addr: addr.clone().unwrap_or_default(),
+            backoff: Backoff::new(
+                Duration::from_millis(args.reconnect_ms),
+                Duration::from_millis(args.backoff_cap_ms),
+            ),
+            max_retries: args.max_retries,
+        },
+    };
+    serve(
+        endpoint,
+        shutdown,
+        |_| {},
+        |mut stream, peer| {
+            let result = session(&mut stream, peer, args, out, shutdown);
+            after(result, peer, args.keep_serving)
+        },
+    )
 }
 
 /// One session per run stops after any session; --keep-serving goes on
 /// after anything but a signal or an output error (no later session could
 /// be delivered either).
-fn next_step(
+fn after(
     result: Result<PumpOutcome, NetError>,
     peer: &str,
     keep_serving: bool,
-) -> Result<Next, NetError> {
+) -> Result<After, NetError> {
     match result {
-        Ok(o) if o.ended == SessionEnd::Shutdown || !keep_serving => Ok(Next::Stop),
+        Ok(o) if o.ended == SessionEnd::Shutdown || !keep_serving => Ok(After::Stop),
         Ok(o) if o.bytes == 0 => {
             warn!("{peer} closed the connection without sending anything");
-            Ok(Next::AgainAfterFailure)
+            Ok(After::NoProgress)
         }
-        Ok(_) => Ok(Next::Again),
+        Ok(_) => Ok(After::Progress),
         Err(e) if !keep_serving || e.is_output() => Err(e),
         Err(e) => {
             warn!("{e}");
-            Ok(Next::AgainAfterFailure)
+            Ok(After::NoProgress)
         }
     }
 }

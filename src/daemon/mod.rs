@@ -30,6 +30,7 @@ use crate::storage::store::{Fs, StdFs};
 use crate::transport::codec::{self, Compression};
 use crate::transport::net::{self, AllowList, Backoff, NetError, SessionOptions};
 use crate::transport::pipe;
+use crate::transport::serve::{serve, After, Endpoint};
 
 /// Chunks in flight between two stages (128 KiB each): bounded memory.
 const PIPE_CHUNKS: usize = 16;
@@ -43,7 +44,12 @@ pub enum DaemonError {
 }
 
 /// Run the daemon until `shutdown` is set (SIGTERM/SIGINT) or a local error.
-pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError> {
+pub fn run(
+    settings: &Settings,
+    shutdown: Arc<AtomicBool>,
+    hangup: Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
+    watch_hangup(hangup, shutdown.clone());
     let fs: Arc<dyn Fs> = Arc::new(StdFs);
     let opts = ApplyOptions {
         fsync: settings.fsync,
@@ -62,10 +68,45 @@ pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonE
         let ckpt = ckpt.clone();
         follower.set_commit_hook(move |m| ckpt.durable(m.last_lsn));
     }
-    let res = match &settings.mode {
-        Mode::Listen(addr) => serve_listen(settings, addr, &mut follower, &ckpt, &shutdown),
-        Mode::Connect(addr) => serve_connect(settings, addr, &mut follower, &ckpt, &shutdown),
+    let endpoint = match &settings.mode {
+        Mode::Listen(addr) => {
+            if settings.default_mode {
+                log::info!("neither --listen nor --connect given: listening on the default {addr}");
+            }
+            Endpoint::Listen {
+                addr: addr.clone(),
+                allow: AllowList(settings.allow.clone()),
+            }
+        }
+        Mode::Connect(addr) => Endpoint::Connect {
+            addr: addr.clone(),
+            backoff: Backoff::new(settings.reconnect, settings.backoff_cap),
+            max_retries: None,
+        },
     };
+    // READY=1 once the socket is bound (or connecting starts), with the
+    // follower's position as of now.
+    let ready_msg = format!("READY=1\n{}", status_line(&follower));
+    let ready = |_| notify(&ready_msg);
+    let res = serve(endpoint, &shutdown, ready, |stream, peer| {
+        let stats = session(
+            settings,
+            &mut follower,
+            &ckpt,
+            stream,
+            peer.to_string(),
+            &shutdown,
+        )?;
+        Ok(if shutdown.load(Ordering::Relaxed) {
+            After::Stop
+        } else if stats.applied > 0 {
+            After::Progress
+        } else {
+            // Nothing new (an empty session, or a server replaying what the
+            // follower already holds): the connect loop waits before retrying.
+            After::NoProgress
+        })
+    });
     notify("STOPPING=1");
     ckpt.stop();
     if res.is_ok() {
@@ -75,58 +116,6 @@ pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonE
         );
     }
     res
-}
-
-fn serve_listen(
-    settings: &Settings,
-    addr: &str,
-    follower: &mut Follower,
-    ckpt: &Checkpointer,
-    shutdown: &Arc<AtomicBool>,
-) -> Result<(), DaemonError> {
-    if settings.default_mode {
-        log::info!("neither --listen nor --connect given: listening on the default {addr}");
-    }
-    let listener = net::Listener::bind(addr, AllowList(settings.allow.clone()))?;
-    notify_status(follower, "READY=1");
-    while let Some((stream, peer)) = listener.accept(shutdown)? {
-        session(settings, follower, ckpt, stream, peer.to_string(), shutdown)?;
-    }
-    Ok(())
-}
-
-fn serve_connect(
-    settings: &Settings,
-    addr: &str,
-    follower: &mut Follower,
-    ckpt: &Checkpointer,
-    shutdown: &Arc<AtomicBool>,
-) -> Result<(), DaemonError> {
-    notify_status(follower, "READY=1");
-    let mut backoff = Backoff::new(settings.reconnect, settings.backoff_cap);
-    loop {
-        let Some(stream) = net::connect_with_backoff(addr, &mut backoff, None, shutdown)? else {
-            return Ok(());
-        };
-        let stats = session(settings, follower, ckpt, stream, addr.to_string(), shutdown)?;
-        if shutdown.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        if stats.records > 0 {
-            // The server delivered something: reconnect at once, as 1.x does.
-            backoff.reset();
-        } else {
-            // A server that accepts and closes at once must not make us spin.
-            let d = backoff.next_delay();
-            log::warn!(
-                "session with {addr} delivered no records; reconnecting in {} ms",
-                d.as_millis()
-            );
-            if !net::sleep_unless_shutdown(d, shutdown) {
-                return Ok(());
-            }
-        }
-    }
 }
 
 /// One leader connection: net -> (decode) -> apply, then a checkpoint.
@@ -223,7 +212,7 @@ fn session(
     if follower.meta().is_some() {
         ckpt.session_end(stats.last_lsn).map_err(DaemonError::Db)?;
     }
-    notify_status(follower, "");
+    notify(&status_line(follower));
     Ok(stats)
 }
 
@@ -327,32 +316,44 @@ impl CkptInner {
     }
 }
 
-fn notify_status(follower: &Follower, extra: &str) {
-    let lsn = follower.meta().map_or(0, |m| m.last_lsn);
-    let mut msg = format!("STATUS=last_lsn={lsn}");
-    if !extra.is_empty() {
-        msg = format!("{extra}\n{msg}");
+/// SIGHUP is the reload signal (by default it would kill the daemon with
+/// nothing made durable): log it; reloadable material is re-read here.
+fn watch_hangup(hangup: Arc<AtomicBool>, shutdown: Arc<AtomicBool>) {
+    let spawned = thread::Builder::new().name("sighup".into()).spawn(move || {
+        while !shutdown.load(Ordering::Relaxed) {
+            if hangup.swap(false, Ordering::Relaxed) {
+                log::info!("SIGHUP: nothing to reload in this configuration; still running");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch for SIGHUP: {e}");
     }
-    notify(&msg);
 }
 
-/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if set.
+fn status_line(follower: &Follower) -> String {
+    format!(
+        "STATUS=last_lsn={}",
+        follower.meta().map_or(0, |m| m.last_lsn)
+    )
+}
+
+/// Tell systemd (`Type=notify`) about a state change: one datagram of
+/// `KEY=VALUE` lines to `$NOTIFY_SOCKET` (a file-system path, as systemd
+/// sets it), nothing when it is unset. Failures are only logged: the
+/// follower works the same without a service manager.
 pub fn notify(msg: &str) {
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        SocketAddr::from_abstract_name(name.as_bytes())
-    } else {
-        SocketAddr::from_pathname(&path)
-    };
-    let Ok(addr) = addr else { return };
-    if let Ok(sock) = UnixDatagram::unbound() {
-        if let Err(e) = sock.send_to_addr(msg.as_bytes(), &addr) {
-            log::debug!("sd_notify to {path} failed: {e}");
-        }
+    let states: Vec<sd_notify::NotifyState> = msg
+        .lines()
+        .map(|line| match line.split_once('=') {
+            Some(("READY", "1")) => sd_notify::NotifyState::Ready,
+            Some(("STOPPING", "1")) => sd_notify::NotifyState::Stopping,
+            Some(("STATUS", status)) => sd_notify::NotifyState::Status(status),
+            _ => sd_notify::NotifyState::Custom(line),
+        })
+        .collect();
+    if let Err(e) = sd_notify::notify(false, &states) {
+        log::debug!("sd_notify failed: {e}");
     }
 }
