@@ -20,6 +20,15 @@
 //! * [`inspect`]: `qdb-inspect`: check, dump, get, pages, rebuild-dir.
 //! * [`fault`]: a simulated file system (power loss, injected faults) for tests and fuzzing.
 
+// Linux only: segment writeback uses sync_file_range(2), the daemon's
+// systemd notification uses abstract Unix sockets, and the durability
+// argument relies on Linux's fsync semantics. Fail here, with a message,
+// rather than with an obscure missing-symbol error further down.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "quiverdb-follower supports Linux only (it uses sync_file_range(2), abstract Unix sockets and Linux fsync semantics); build it on Linux"
+);
+
 pub mod apply;
 pub mod cli;
 pub mod codec;
