@@ -18,9 +18,9 @@
 //! * the DB is locked, and created on first use if it does not exist.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::ffi::OsStr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use crate::dir::HeadTracker;
 use crate::error::{Error, Result, StreamError};
 use crate::layout::{
-    is_valid_page_size, le_u32, DIR_FILE, META_FILE, WAL_HEADER_LEN, WAL_MAGIC, WAL_RECORD_HEADER_LEN, WAL_REC_OFF_LEN,
-    WAL_TYPE_TRUNCATE,
+    is_valid_page_size, le_u32, DIR_FILE, META_FILE, WAL_HEADER_LEN, WAL_MAGIC,
+    WAL_RECORD_HEADER_LEN, WAL_REC_OFF_LEN, WAL_TYPE_TRUNCATE,
 };
 use crate::meta::{self, Meta};
 use crate::page::{self, PageCrc};
@@ -585,8 +585,7 @@ impl Follower {
         let Some(first) = self.session_first else {
             return;
         };
-        if self.behind_warned || self.session_base == 0 || self.session_max > self.session_base
-        {
+        if self.behind_warned || self.session_base == 0 || self.session_max > self.session_base {
             return;
         }
         self.behind_warned = true;

@@ -938,7 +938,8 @@ struct ZstdDecoder {
 
 impl ZstdDecoder {
     fn new(window_log_max: u32) -> Self {
-        let log = window_log_max.clamp(*ZSTD_WINDOW_LOG_RANGE.start(), *ZSTD_WINDOW_LOG_RANGE.end());
+        let log =
+            window_log_max.clamp(*ZSTD_WINDOW_LOG_RANGE.start(), *ZSTD_WINDOW_LOG_RANGE.end());
         let mut dctx = zstd::zstd_safe::DCtx::create();
         // The window is the decoder's memory: capped so that a legal but
         // huge window (`zstd --long`) or a bomb cannot take 128 MiB.

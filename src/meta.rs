@@ -223,7 +223,9 @@ pub fn remove_stale_temps(fs: &dyn Fs, dir: &Path, name: &OsStr) -> Result<usize
                 removed += 1;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("cannot remove", path, e)),
+            // Housekeeping only (the name is never written to again): a
+            // leftover that cannot be removed must not stop the follower.
+            Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
         }
     }
     Ok(removed)
