@@ -550,6 +550,7 @@ fn qdb_unzip_peak_rss_stays_under_64_mib_for_long_windows_and_bombs() {
     let (code, err, decoded, rss) = unzip_rss(&[], &long);
     assert_eq!((code, err.as_str(), decoded), (1, refused, 0));
     assert!(rss < CAP_KIB, "--long=27 refused: peak RSS {rss} KiB");
+    eprintln!("qdb-unzip peak RSS, zstd --long=27 refused: {rss} KiB");
     // With the cap raised, the same stream decodes (the option works).
     let (code, err, decoded, _) = unzip_rss(&["--zstd-window-log-max", "27"], &long);
     assert_eq!((code, err.as_str(), decoded), (0, "", wal.len() as u64));
@@ -559,6 +560,7 @@ fn qdb_unzip_peak_rss_stays_under_64_mib_for_long_windows_and_bombs() {
     let (code, err, decoded, rss) = unzip_rss(&[], &zstd_bomb(&head, 2048, 27));
     assert_eq!((code, err.as_str(), decoded), (1, refused, 0));
     assert!(rss < CAP_KIB, "window 2^27 bomb: peak RSS {rss} KiB");
+    eprintln!("qdb-unzip peak RSS, window 2^27 bomb refused: {rss} KiB");
     // The largest window accepted by default: 256 MiB of zeros decoded,
     // memory bounded by the window.
     let (code, _, decoded, rss) = unzip_rss(&["-d", "zstd"], &zstd_bomb(&head, 2048, 23));
