@@ -51,14 +51,16 @@ pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonE
     };
     let mut follower = Follower::open(fs.clone(), &settings.path, opts)?;
     log::info!(
-        "follower database {} locked (last_lsn={})",
+        "follower database {} locked (last_lsn={} complete_lsn={})",
         settings.path.display(),
-        follower.meta().map_or(0, |m| m.last_lsn)
+        follower.meta().map_or(0, |m| m.last_lsn),
+        follower.complete_lsn()
     );
-    let ckpt = Checkpointer::start(fs, settings, follower.meta().map_or(0, |m| m.last_lsn));
+    // The checkpoint is the resume point: the complete LSN (src/complete.rs).
+    let ckpt = Checkpointer::start(fs, settings, follower.complete_lsn());
     {
         let ckpt = ckpt.clone();
-        follower.set_commit_hook(move |m| ckpt.durable(m.last_lsn));
+        follower.set_complete_hook(move |c| ckpt.durable(c));
     }
     let res = match &settings.mode {
         Mode::Listen(addr) => serve_listen(settings, addr, &mut follower, &ckpt, &shutdown),
@@ -68,8 +70,9 @@ pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonE
     ckpt.stop();
     if res.is_ok() {
         log::info!(
-            "stopped (last_lsn={})",
-            follower.meta().map_or(0, |m| m.last_lsn)
+            "stopped (last_lsn={} complete_lsn={})",
+            follower.meta().map_or(0, |m| m.last_lsn),
+            follower.complete_lsn()
         );
     }
     res
@@ -103,9 +106,16 @@ fn serve_connect(
     notify_status(follower, "READY=1");
     let mut backoff = Backoff::new(settings.reconnect, settings.backoff_cap);
     loop {
-        let Some(stream) = net::connect_with_backoff(addr, &mut backoff, None, shutdown)? else {
+        let Some(mut stream) = net::connect_with_backoff(addr, &mut backoff, None, shutdown)?
+        else {
             return Ok(());
         };
+        // Ask a qdb-ship --listen server to resume after what we hold
+        // completely (docs/protocol.md); other servers never read it.
+        let request = crate::leader::marker::resume_request(follower.complete_lsn());
+        if let Err(e) = std::io::Write::write_all(&mut stream, &request) {
+            log::warn!("cannot send the resume request to {addr}: {e}");
+        }
         let stats = session(settings, follower, ckpt, stream, addr.to_string(), shutdown)?;
         if shutdown.load(Ordering::Relaxed) {
             return Ok(());
@@ -219,7 +229,8 @@ fn session(
         started.elapsed().as_secs_f64()
     );
     if follower.meta().is_some() {
-        ckpt.session_end(stats.last_lsn).map_err(DaemonError::Db)?;
+        ckpt.session_end(stats.complete_lsn)
+            .map_err(DaemonError::Db)?;
     }
     notify_status(follower, "");
     Ok(stats)
@@ -263,7 +274,7 @@ impl Checkpointer {
         Checkpointer { inner: Some(inner) }
     }
 
-    /// meta.last_lsn is now durably `lsn` (called from the commit hook).
+    /// The complete LSN is now durably `lsn` (called from the commit hook).
     fn durable(&self, lsn: u64) {
         if let Some(i) = &self.inner {
             i.state.lock().unwrap().0 = lsn;
@@ -274,7 +285,7 @@ impl Checkpointer {
         let Some(i) = &self.inner else { return Ok(()) };
         i.state.lock().unwrap().0 = lsn;
         i.write_now(lsn)?;
-        log::info!("checkpoint last_lsn={lsn} -> {}", i.file.display());
+        log::info!("checkpoint complete_lsn={lsn} -> {}", i.file.display());
         Ok(())
     }
 
@@ -298,7 +309,7 @@ impl CkptInner {
         }
         meta::write_checkpoint(&*self.fs, &self.file, lsn)?;
         self.state.lock().unwrap().1 = lsn;
-        notify(&format!("STATUS=last_lsn={lsn}"));
+        notify(&format!("STATUS=complete_lsn={lsn}"));
         Ok(())
     }
 
@@ -315,7 +326,10 @@ impl CkptInner {
             if written == u64::MAX || durable > written {
                 match self.write_now(durable) {
                     Ok(()) => {
-                        log::debug!("checkpoint last_lsn={durable} -> {}", self.file.display())
+                        log::debug!(
+                            "checkpoint complete_lsn={durable} -> {}",
+                            self.file.display()
+                        )
                     }
                     // Retried at the next tick; a failure at session end is fatal.
                     Err(e) => log::warn!("periodic checkpoint failed: {e}"),
@@ -327,7 +341,13 @@ impl CkptInner {
 
 fn notify_status(follower: &Follower, extra: &str) {
     let lsn = follower.meta().map_or(0, |m| m.last_lsn);
-    let mut msg = format!("STATUS=last_lsn={lsn}");
+    let mut msg = format!(
+        "STATUS=complete_lsn={} last_lsn={lsn}",
+        follower.complete_lsn()
+    );
+    if let Some(leader) = follower.leader_lsn() {
+        msg.push_str(&format!(" leader_lsn={leader}"));
+    }
     if !extra.is_empty() {
         msg = format!("{extra}\n{msg}");
     }

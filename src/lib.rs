@@ -18,11 +18,14 @@
 //! * [`kv`]: KV_RH pages, overflow chains, key hashing (read side).
 //! * [`dir`]: the bucket-head directory, and heads inferred from pages.
 //! * [`inspect`]: `qdb-inspect`: check, dump, get, pages, rebuild-dir.
+//! * [`leader`]: `qdb-ship`: the leader side (WAL tail, catch-up scan, server).
+//! * [`complete`]: the follower's complete LSN.
 //! * [`fault`]: a simulated file system (power loss, injected faults) for tests and fuzzing.
 
 pub mod apply;
 pub mod cli;
 pub mod codec;
+pub mod complete;
 pub mod config;
 pub mod daemon;
 pub mod dir;
@@ -31,6 +34,7 @@ pub mod fault;
 pub mod inspect;
 pub mod kv;
 pub mod layout;
+pub mod leader;
 pub mod meta;
 pub mod net;
 pub mod page;
