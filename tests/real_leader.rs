@@ -280,7 +280,7 @@ fn sigkill_at_random_points_resumes_from_qdb_ckpt_and_ends_equal() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut applier = Command::new(bin("qdb-apply"))
+        let applier = Command::new(bin("qdb-apply"))
             .args(["--path", s(&f), "--buckets", "64"])
             .stdin(ship.stdout.take().unwrap())
             .stderr(Stdio::piped())

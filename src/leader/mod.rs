@@ -213,7 +213,7 @@ pub fn ship<W: Write>(
         }
         // The LSN of a WAL record that does not follow what was sent.
         let mut held: Option<u64> = None;
-        let event = match tail.as_mut().map(|t| t.next()) {
+        let event = match tail.as_mut().map(|t| t.step()) {
             None => Event::Idle,
             Some(Ok(ev)) => ev,
             Some(Err(e)) => {

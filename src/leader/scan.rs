@@ -29,6 +29,9 @@ pub const KEEP_PAGES_BYTES: usize = 64 << 20;
 /// A page whose CRC fails is being written: read it again this many times.
 const TORN_RETRIES: u32 = 200;
 
+/// Receives each page record as (28-byte header, page).
+pub type Emit<'a> = dyn FnMut(&[u8], &[u8]) -> io::Result<()> + 'a;
+
 /// What a catch-up sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CatchUp {
@@ -62,7 +65,7 @@ pub fn scan(
     page_size: u32,
     since: u64,
     upto: u64,
-    emit: &mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>,
+    emit: &mut Emit<'_>,
 ) -> io::Result<CatchUp> {
     let ps = page_size as usize;
     let pps = pages_per_segment(page_size);

@@ -100,7 +100,7 @@ impl WalTail {
     }
 
     /// One step: detect a rewrite, else read the next complete record.
-    pub fn next(&mut self) -> io::Result<Event> {
+    pub fn step(&mut self) -> io::Result<Event> {
         // Replaced file (1.x never does this, a restore might): reopen.
         match std::fs::metadata(&self.path) {
             Ok(md) if md.ino() != self.ino => {
@@ -175,7 +175,7 @@ mod tests {
     fn records(t: &mut WalTail) -> Vec<Result<u64, Event>> {
         let mut v = Vec::new();
         loop {
-            match t.next().unwrap() {
+            match t.step().unwrap() {
                 Event::Record { lsn } => v.push(Ok(lsn)),
                 Event::Idle => return v,
                 e => v.push(Err(e)),
