@@ -246,6 +246,7 @@ impl Follower {
             }
             (None, Some(ps)) if opts.create => {
                 meta = Some(store::init_db(&*fs, root, ps)?);
+                complete::write(&*fs, root, 0)?;
                 log::info!(
                     "created follower database {} (page size {ps})",
                     root.display()
@@ -273,6 +274,11 @@ impl Follower {
         };
         let max_lsn = db.as_ref().map_or(0, |(m, _)| m.last_lsn);
         let complete = Tracker::new(complete::load(&*fs, root, db.as_ref().map(|(m, _)| m))?);
+        // From now on the file exists: a missing one would later be read as
+        // meta.last_lsn, which may by then be past a gap.
+        if db.is_some() && complete::read(&*fs, root)?.is_none() {
+            complete::write(&*fs, root, complete.value())?;
+        }
         Ok(Follower {
             fs,
             root: root.to_path_buf(),
@@ -496,6 +502,7 @@ impl Follower {
         }
         if self.db.is_none() {
             let m = store::init_db(&*self.fs, &self.root, hdr.len)?;
+            complete::write(&*self.fs, &self.root, 0)?;
             log::info!(
                 "created follower database {} (page size {} from the stream)",
                 self.root.display(),
@@ -584,10 +591,11 @@ impl Follower {
     /// Count a CRC-valid record's LSN towards last_lsn, and warn about gaps.
     fn saw_lsn(&mut self, hdr: &RecordHeader) {
         // Our markers are not changes; inside a catch-up LSNs jump by design.
-        let data = !crate::leader::marker::is_marker(hdr.rtype);
-        if data {
+        // Only a page image is a change we applied (or already hold).
+        if hdr.is_page_image() {
             self.complete.record(hdr.lsn);
         }
+        let data = !crate::leader::marker::is_marker(hdr.rtype);
         // Saturating: a stream may carry lsn u64::MAX, and the next record
         // after it must not overflow (a panic in debug builds, a bogus gap
         // warning in release).
@@ -614,7 +622,10 @@ impl Follower {
     }
 
     fn dirty_or_behind(&self) -> bool {
+        // A resumed stream whose pages are all skipped still advances the
+        // complete LSN: that too must be committed when the input pauses.
         self.dirty
+            || self.complete.changed()
             || self.db.as_ref().is_some_and(|(m, s)| {
                 self.max_lsn > m.last_lsn || s.next_page_id() != m.next_page_id
             })

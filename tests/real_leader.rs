@@ -220,6 +220,10 @@ fn wal_ship_loses_frames_complete_lsn_stops_at_the_first_gap_and_qdb_ship_heals(
         keys_l.len()
     );
     let first_missing = first_missing.expect("wal-ship lost nothing: the test proves nothing");
+    eprintln!(
+        "first shipped LSNs: {:?}",
+        shipped.iter().take(5).collect::<Vec<_>>()
+    );
     assert_eq!(
         ckpt(&f),
         first_missing - 1,
