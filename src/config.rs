@@ -43,6 +43,7 @@ pub struct ConfigFile {
     pub idle_timeout_secs: Option<u64>,
     pub keepalive: Option<bool>,
     pub buckets: Option<u32>,
+    pub resume_request: Option<bool>,
 }
 
 /// The same settings as given on the command line (all optional there too).
@@ -62,6 +63,7 @@ pub struct CliValues {
     pub idle_timeout_secs: Option<u64>,
     pub no_keepalive: bool,
     pub buckets: Option<u32>,
+    pub resume_request: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +90,8 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     pub keepalive: bool,
     pub buckets: Option<u32>,
+    /// Connect mode: send qdb-ship's resume request (docs/protocol.md).
+    pub resume_request: bool,
 }
 
 #[derive(Debug, Error)]
@@ -321,6 +325,7 @@ pub fn resolve(
         idle_timeout,
         keepalive,
         buckets,
+        resume_request: cli.resume_request || cfg.resume_request.unwrap_or(false),
     })
 }
 
@@ -360,6 +365,9 @@ impl Settings {
         s += &format!("keepalive = {}\n", self.keepalive);
         if let Some(b) = self.buckets {
             s += &format!("buckets = {b}\n");
+        }
+        if self.resume_request {
+            s += "resume_request = true\n";
         }
         s
     }

@@ -111,10 +111,14 @@ fn serve_connect(
             return Ok(());
         };
         // Ask a qdb-ship --listen server to resume after what we hold
-        // completely (docs/protocol.md); other servers never read it.
-        let request = crate::leader::marker::resume_request(follower.complete_lsn());
-        if let Err(e) = std::io::Write::write_all(&mut stream, &request) {
-            log::warn!("cannot send the resume request to {addr}: {e}");
+        // completely (docs/protocol.md). Opt-in: a server that never reads
+        // it and closes makes the kernel reset the connection (RST), which
+        // can drop the end of the stream before we read it.
+        if settings.resume_request {
+            let request = crate::leader::marker::resume_request(follower.complete_lsn());
+            if let Err(e) = std::io::Write::write_all(&mut stream, &request) {
+                log::warn!("cannot send the resume request to {addr}: {e}");
+            }
         }
         let stats = session(settings, follower, ckpt, stream, addr.to_string(), shutdown)?;
         if shutdown.load(Ordering::Relaxed) {

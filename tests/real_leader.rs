@@ -373,3 +373,80 @@ fn same_bytes_as_wal_ship_when_nothing_was_missed() {
         }
     }
 }
+
+/// `--listen` server mode: our daemon in client mode asks to resume after
+/// its complete LSN and is served from there; QuiverDB's 1.3-alpha daemon,
+/// which asks nothing, is served from `--since-lsn`. Both end equal.
+#[test]
+fn listen_mode_serves_a_resume_request_and_an_old_client() {
+    let Some(p) = Peer::get() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let (l, f) = (d.path().join("leader"), d.path().join("follower"));
+    p.db_init(&l, 64);
+    p.sessions(&l, 30, 5);
+    apply(&f, &ship_bytes(&["--path", s(&l), "--since-lsn", "0"]));
+    let resume = ckpt(&f);
+    p.sessions(&l, 20, 9);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = LoggedChild::spawn(
+        "qdb-ship",
+        &[
+            "--path",
+            s(&l),
+            "--listen",
+            &addr,
+            "--follow",
+            "--since-lsn",
+            "0",
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    server.wait_log("listening on", WAIT);
+    let mut ours = LoggedChild::spawn(
+        "quiverdb-follower",
+        &[
+            "--path",
+            s(&f),
+            "--connect",
+            &addr,
+            "--resume-request",
+            "--buckets",
+            "64",
+        ],
+        &[],
+    );
+    server.wait_log(&format!("resumes after lsn {resume}"), WAIT);
+    let want = p.last_lsn(&l);
+    wait_for(
+        "our client to catch up",
+        WAIT,
+        || server.stderr(),
+        || ckpt(&f) == want,
+    );
+    ours.signal(libc::SIGTERM);
+    assert!(ours.wait_exit(WAIT).success(), "{}", ours.stderr());
+    p.assert_equal(&l, &f);
+
+    let old = d.path().join("old");
+    p.run(&["init", "--path", s(&old), "--page-size", "4096"]);
+    let mut alpha = Command::new(p.bin.join("quiverdb-follower"))
+        .args(["--path", s(&old), "--connect", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The alpha daemon updates meta only at the end of a stream: wait for
+    // the segments instead.
+    wait_for(
+        "the alpha daemon to catch up",
+        WAIT,
+        || server.stderr(),
+        || {
+            old.join("data-000001.p1seg").exists()
+                && common::segment_files(&old) == common::segment_files(&l)
+        },
+    );
+    alpha.kill().unwrap();
+    alpha.wait().unwrap();
+    assert!(server.count("resumes after") == 1, "{}", server.stderr());
+}

@@ -98,6 +98,12 @@ pub struct Args {
     #[arg(long)]
     pub no_keepalive: bool,
 
+    /// With --connect to a `qdb-ship --listen` server: first send a resume request with the complete
+    /// LSN, so the server resumes after it (docs/protocol.md). Off by default: a server that never
+    /// reads it and closes the connection makes the kernel reset it, which can cut the stream's tail
+    #[arg(long, requires = "connect")]
+    pub resume_request: bool,
+
     /// Print the effective configuration as TOML and exit
     #[arg(long)]
     pub print_config: bool,
@@ -120,6 +126,7 @@ impl Args {
             idle_timeout_secs: self.idle_timeout_secs,
             no_keepalive: self.no_keepalive,
             buckets: self.buckets,
+            resume_request: self.resume_request,
         }
     }
 }
