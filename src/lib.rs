@@ -10,9 +10,10 @@
 //! |---|---|---|
 //! | format | `format/` | QuiverDB 1.x bytes: constants, WAL records, pages, KV pages, `dir` ([`format`](mod@format), public) |
 //! | storage | `storage/` | the follower's files: the [`Fs`] seam, segments ([`Store`]), `meta`, the lock, atomic replacement |
-//! | replication | `replica/` | gating and the durability order ([`Follower`]), inferred bucket heads |
+//! | replication | `replica/` | gating and the durability order ([`Follower`]), the complete LSN, inferred bucket heads |
 //! | transport | `transport/` | TCP, gzip/zstd decoding, bounded pipes between threads |
 //! | read side | `inspect/` | `qdb-inspect`: check, dump, get, pages, rebuild-dir ([`inspect`]) |
+//! | leader side | `leader/` | `qdb-ship`: WAL tail, catch-up scan of the segments, server mode ([`leader`]) |
 //!
 //! On top sit the daemon (`daemon/`: settings and the process that wires
 //! transport to replication) and [`cli`] (clap definitions shared by the
@@ -44,6 +45,7 @@ mod daemon;
 mod error;
 pub mod format;
 pub mod inspect;
+pub mod leader;
 mod replica;
 mod storage;
 mod transport;
@@ -58,7 +60,9 @@ pub use storage::{
 };
 
 // Replication: apply a stream to a follower.
-pub use replica::{ApplyOptions, Follower, Input, Plain, SessionStats, DEFAULT_MAX_PAGES};
+pub use replica::{
+    complete, ApplyOptions, Follower, Input, Plain, SessionStats, DEFAULT_MAX_PAGES,
+};
 
 // Transport: decoding and the pipes that feed the applier.
 pub use transport::codec::{self, Compression};

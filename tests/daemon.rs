@@ -125,7 +125,7 @@ fn read_ckpt(file: &Path) -> Option<u64> {
 /// Wait for the info line the daemon writes after a session's checkpoint.
 fn wait_checkpoint_log(d: &LoggedChild, lsn: u64, file: &Path) {
     d.wait_log(
-        &format!("checkpoint last_lsn={lsn} -> {}", file.display()),
+        &format!("checkpoint complete_lsn={lsn} -> {}", file.display()),
         WAIT,
     );
 }
@@ -561,7 +561,7 @@ fn periodic_checkpoint_reaches_durable_lsn_while_the_session_is_open_then_sigint
     );
     // The session is still open: no end of session, no session checkpoint line.
     assert_eq!(f.count(" ended: records="), 0, "{}", f.stderr());
-    assert_eq!(f.count("checkpoint last_lsn="), 0, "{}", f.stderr());
+    assert_eq!(f.count("checkpoint complete_lsn="), 0, "{}", f.stderr());
     assert!(f.running());
 
     stop(&mut f, libc::SIGINT);
@@ -569,7 +569,7 @@ fn periodic_checkpoint_reaches_durable_lsn_while_the_session_is_open_then_sigint
     assert_eq!(read_last_lsn(&d.db), 600);
     assert_eq!(read_ckpt(&d.ckpt), Some(600));
     assert_eq!(
-        f.count(&format!("checkpoint last_lsn=600 -> {}", d.ckpt())),
+        f.count(&format!("checkpoint complete_lsn=600 -> {}", d.ckpt())),
         1
     );
 
@@ -645,7 +645,7 @@ fn sigterm_during_a_session_makes_what_arrived_durable_and_checkpoints_it() {
         "checkpoint != meta.last_lsn"
     );
     wait_checkpoint_log(&f, last, &d.ckpt);
-    f.wait_log(&format!("stopped (last_lsn={last})"), WAIT);
+    f.wait_log(&format!("stopped (last_lsn={last} complete_lsn="), WAIT);
     assert!(!d.db.join("meta.tmp").exists());
 
     // Resuming from the checkpoint completes the follower byte for byte.
@@ -950,11 +950,16 @@ fn systemd_notify_ready_status_and_stopping() {
         }
     };
     let ready = wait_msg("READY=1", &mut got);
-    assert!(ready.lines().any(|l| l == "STATUS=last_lsn=0"), "{ready:?}");
+    assert!(
+        ready
+            .lines()
+            .any(|l| l == "STATUS=complete_lsn=0 last_lsn=0"),
+        "{ready:?}"
+    );
     // READY comes once the port is bound: a leader can connect at once.
     let addr = listen_addr(&f);
     session(addr, &stream("c02-overflow"), Compression::None);
-    wait_msg("STATUS=last_lsn=78", &mut got);
+    wait_msg("STATUS=complete_lsn=78 last_lsn=78", &mut got);
     assert!(!got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
     stop(&mut f, libc::SIGTERM);
     wait_msg("STOPPING=1", &mut got);

@@ -325,6 +325,7 @@ fn replaced_files_go_through_exclusive_random_temp_files_and_leftovers_are_remov
         [
             ".meta.notours",
             "LOCK",
+            "complete-lsn",
             "data-000001.p1seg",
             "dir",
             "free",

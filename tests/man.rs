@@ -13,6 +13,7 @@ fn commands() -> Vec<clap::Command> {
         cli::follower::command(),
         cli::inspect::Args::command(),
         cli::recv::Args::command(),
+        cli::ship::Args::command(),
         cli::unzip::Args::command(),
     ]
 }

@@ -131,6 +131,19 @@ fn assert_final(fs: &SimFs, e: &Env, case: &Case, what: &str) {
     for name in fs.durable_list(&e.root) {
         got.insert(name.clone(), fs.durable_read(&e.root.join(&name)).unwrap());
     }
+    // Ours, not in the 1.x fixtures: it must never claim more than meta
+    // (its tmp is a transient, removed by the next replacement).
+    got.remove("complete-lsn.tmp");
+    if let Some(c) = got.remove("complete-lsn") {
+        let c: u64 = String::from_utf8_lossy(&c).trim().parse().unwrap();
+        let last = got
+            .get("meta")
+            .map_or(0, |m| u64::from_le_bytes(m[32..40].try_into().unwrap()));
+        assert!(
+            c <= last,
+            "{what}: complete-lsn {c} ahead of meta.last_lsn {last}"
+        );
+    }
     let names = |m: &BTreeMap<String, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&got), names(&case.expected), "{what}: file names");
     for (name, want) in &case.expected {

@@ -1,10 +1,11 @@
-//! qdb-ckpt: print (or write) a follower's meta.last_lsn.
+//! qdb-ckpt: print (or write) a follower's resume point, its complete LSN.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use quiverdb_follower::cli::{self, ckpt::Args};
+use quiverdb_follower::complete;
 use quiverdb_follower::Error;
 use quiverdb_follower::StdFs;
 
@@ -35,21 +36,27 @@ fn main() -> ExitCode {
         }
         Err(e) => return cli::report_error(&e),
     };
+    // The resume point is the complete LSN (src/complete.rs), not last_lsn.
+    let complete = match complete::load(&StdFs, &args.path, Some(&m)) {
+        Ok(c) => c,
+        Err(e) => return cli::report_error(&e),
+    };
     if let Some(file) = &args.write {
-        if let Err(e) = quiverdb_follower::write_checkpoint(&StdFs, file, m.last_lsn) {
+        if let Err(e) = quiverdb_follower::write_checkpoint(&StdFs, file, complete) {
             return cli::report_error(&e);
         }
     }
     if args.json {
         println!(
-            "{{\"page_size\":{},\"next_page_id\":{},\"last_lsn\":{},\"clean_shutdown\":{}}}",
+            "{{\"page_size\":{},\"next_page_id\":{},\"last_lsn\":{},\"complete_lsn\":{},\"clean_shutdown\":{}}}",
             m.page_size,
             m.next_page_id,
             m.last_lsn,
+            complete,
             m.clean_shutdown != 0
         );
     } else {
-        println!("{}", m.last_lsn);
+        println!("{complete}");
     }
     ExitCode::SUCCESS
 }

@@ -38,12 +38,14 @@ pub fn command() -> Command {
 
 fn arg(s: &'static Setting) -> Arg {
     let help = match s.default {
-        Some(d) if s.kind != Kind::OnByDefault => format!("{} [default: {d}]", s.help),
+        Some(d) if !matches!(s.kind, Kind::OnByDefault | Kind::OffByDefault) => {
+            format!("{} [default: {d}]", s.help)
+        }
         _ => s.help.to_string(),
     };
     let a = Arg::new(s.key).long(s.flag()).help(help);
     let a = match s.kind {
-        Kind::OnByDefault => a.action(ArgAction::SetTrue),
+        Kind::OnByDefault | Kind::OffByDefault => a.action(ArgAction::SetTrue),
         Kind::List => a
             .value_name(s.value_name)
             .action(ArgAction::Append)
@@ -59,6 +61,7 @@ fn arg(s: &'static Setting) -> Arg {
     // The one pair of settings that exclude each other on the command line.
     match s.key {
         "listen" => a.conflicts_with("connect"),
+        "resume_request" => a.requires("connect"),
         _ => a,
     }
 }
@@ -86,6 +89,7 @@ impl Args {
             }
             let v = match s.kind {
                 Kind::OnByDefault => Value::Bool(!m.get_flag(s.key)),
+                Kind::OffByDefault => Value::Bool(m.get_flag(s.key)),
                 Kind::List => Value::List(
                     m.get_many::<String>(s.key)
                         .map(|i| i.cloned().collect())

@@ -9,6 +9,7 @@ pub mod ckpt;
 pub mod follower;
 pub mod inspect;
 pub mod recv;
+pub mod ship;
 pub mod unzip;
 
 use std::fmt::Display;

@@ -96,6 +96,12 @@ pub struct Args {
     #[arg(long = "allow", value_name = "CIDR", conflicts_with = "connect")]
     pub allow: Vec<Cidr>,
 
+    /// With --connect to a `qdb-ship --listen` server: send a resume request with the complete LSN of
+    /// the follower in DIR (read at each connect), so the server resumes after it. Other servers
+    /// ignore it. See docs/protocol.md.
+    #[arg(long, value_name = "DIR", requires = "connect")]
+    pub resume_from: Option<std::path::PathBuf>,
+
     /// With --connect, wait this long before the first retry; each failed attempt doubles the wait.
     /// Values below 100 count as 100.
     #[arg(
@@ -168,10 +174,30 @@ pub fn run<W: Write>(args: &Args, out: &mut W, shutdown: &AtomicBool) -> Result<
         shutdown,
         |_| {},
         |mut stream, peer| {
+            if let (Some(dir), Some(_)) = (&args.resume_from, &args.connect) {
+                send_resume_request(&mut stream, dir);
+            }
             let result = session(&mut stream, peer, args, out, shutdown);
             after(result, peer, args.keep_serving)
         },
     )
+}
+
+/// The resume request of docs/protocol.md, with DIR's complete LSN. A
+/// failure is logged: the server then serves from its own --since-lsn.
+fn send_resume_request(stream: &mut std::net::TcpStream, dir: &std::path::Path) {
+    let fs = crate::storage::store::StdFs;
+    let lsn = crate::storage::meta::read_meta(&fs, dir)
+        .and_then(|m| crate::replica::complete::load(&fs, dir, m.as_ref()));
+    match lsn {
+        Ok(lsn) => {
+            info!("asking to resume after lsn {lsn}");
+            if let Err(e) = stream.write_all(&crate::leader::marker::resume_request(lsn)) {
+                warn!("cannot send the resume request: {e}");
+            }
+        }
+        Err(e) => warn!("no resume request sent: {e}"),
+    }
 }
 
 /// One session per run stops after any session; --keep-serving goes on

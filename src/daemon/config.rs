@@ -51,6 +51,8 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     pub keepalive: bool,
     pub buckets: Option<u32>,
+    /// Connect mode: send qdb-ship's resume request (docs/protocol.md).
+    pub resume_request: bool,
 }
 
 /// The shape of a setting's value, shared by the command line and TOML.
@@ -66,6 +68,8 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// A switch that is on by default: the flag is `--no-KEY`, the TOML value a boolean.
     OnByDefault,
+    /// A switch that is off by default: the flag is `--KEY`, the TOML value a boolean.
+    OffByDefault,
     /// A repeatable flag; a TOML array of strings.
     List,
 }
@@ -397,6 +401,21 @@ pub static SETTINGS: &[Setting] = &[
         },
         show: |s| s.buckets.map(|b| b.to_string()),
     },
+    Setting {
+        key: "resume_request",
+        kind: Kind::OffByDefault,
+        value_name: "",
+        default: Some("false"),
+        help: "With --connect to a `qdb-ship --listen` server: first send a resume request with the complete LSN, so the server resumes after it (docs/protocol.md). Off by default: a server that never reads it and closes the connection makes the kernel reset it, which can cut the stream's tail",
+        set: |s, v| match v {
+            Value::Bool(b) => {
+                s.resume_request = *b;
+                Ok(())
+            }
+            other => Err(format!("{} is not true or false", other.text())),
+        },
+        show: |s| Some(s.resume_request.to_string()),
+    },
 ];
 
 /// The setting a key names.
@@ -553,8 +572,8 @@ fn toml_value(s: &Setting, raw: &toml::Value) -> Result<Value, String> {
             .map(Value::Number)
             .map_err(|_| format!("{n} is negative")),
         (Kind::Number, _) => Err(want("u64")),
-        (Kind::OnByDefault, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
-        (Kind::OnByDefault, _) => Err(want("a boolean")),
+        (Kind::OnByDefault | Kind::OffByDefault, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
+        (Kind::OnByDefault | Kind::OffByDefault, _) => Err(want("a boolean")),
         (Kind::List, toml::Value::Array(items)) => items
             .iter()
             .map(|i| {
@@ -585,11 +604,12 @@ fn defaults() -> Settings {
         idle_timeout: None,
         keepalive: true,
         buckets: None,
+        resume_request: false,
     };
     for setting in SETTINGS {
         if let Some(d) = setting.default {
             let v = match setting.kind {
-                Kind::OnByDefault => Value::Bool(d == "true"),
+                Kind::OnByDefault | Kind::OffByDefault => Value::Bool(d == "true"),
                 _ => Value::Text(d.into()),
             };
             (setting.set)(&mut s, &v).expect("built-in defaults are valid");

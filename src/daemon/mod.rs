@@ -59,14 +59,16 @@ pub fn run(
     };
     let mut follower = Follower::open(fs.clone(), &settings.path, opts)?;
     log::info!(
-        "follower database {} locked (last_lsn={})",
+        "follower database {} locked (last_lsn={} complete_lsn={})",
         settings.path.display(),
-        follower.meta().map_or(0, |m| m.last_lsn)
+        follower.meta().map_or(0, |m| m.last_lsn),
+        follower.complete_lsn()
     );
-    let ckpt = Checkpointer::start(fs, settings, follower.meta().map_or(0, |m| m.last_lsn));
+    // The checkpoint is the resume point: the complete LSN (src/complete.rs).
+    let ckpt = Checkpointer::start(fs, settings, follower.complete_lsn());
     {
         let ckpt = ckpt.clone();
-        follower.set_commit_hook(move |m| ckpt.durable(m.last_lsn));
+        follower.set_complete_hook(move |c| ckpt.durable(c));
     }
     let endpoint = match &settings.mode {
         Mode::Listen(addr) => {
@@ -88,7 +90,17 @@ pub fn run(
     // follower's position as of now.
     let ready_msg = format!("READY=1\n{}", status_line(&follower));
     let ready = |_| notify(&ready_msg);
-    let res = serve(endpoint, &shutdown, ready, |stream, peer| {
+    let res = serve(endpoint, &shutdown, ready, |mut stream, peer| {
+        if settings.resume_request {
+            // Ask a qdb-ship --listen server to resume after what we hold
+            // completely (docs/protocol.md). Opt-in: a server that never
+            // reads it and closes makes the kernel reset the connection
+            // (RST), which can drop the end of the stream before we read it.
+            let request = crate::leader::marker::resume_request(follower.complete_lsn());
+            if let Err(e) = std::io::Write::write_all(&mut stream, &request) {
+                log::warn!("cannot send the resume request to {peer}: {e}");
+            }
+        }
         let stats = session(
             settings,
             &mut follower,
@@ -111,8 +123,9 @@ pub fn run(
     ckpt.stop();
     if res.is_ok() {
         log::info!(
-            "stopped (last_lsn={})",
-            follower.meta().map_or(0, |m| m.last_lsn)
+            "stopped (last_lsn={} complete_lsn={})",
+            follower.meta().map_or(0, |m| m.last_lsn),
+            follower.complete_lsn()
         );
     }
     res
@@ -210,7 +223,8 @@ fn session(
         started.elapsed().as_secs_f64()
     );
     if follower.meta().is_some() {
-        ckpt.session_end(stats.last_lsn).map_err(DaemonError::Db)?;
+        ckpt.session_end(stats.complete_lsn)
+            .map_err(DaemonError::Db)?;
     }
     notify(&status_line(follower));
     Ok(stats)
@@ -254,7 +268,7 @@ impl Checkpointer {
         Checkpointer { inner: Some(inner) }
     }
 
-    /// meta.last_lsn is now durably `lsn` (called from the commit hook).
+    /// The complete LSN is now durably `lsn` (called from the commit hook).
     fn durable(&self, lsn: u64) {
         if let Some(i) = &self.inner {
             i.state.lock().unwrap().0 = lsn;
@@ -265,7 +279,7 @@ impl Checkpointer {
         let Some(i) = &self.inner else { return Ok(()) };
         i.state.lock().unwrap().0 = lsn;
         i.write_now(lsn)?;
-        log::info!("checkpoint last_lsn={lsn} -> {}", i.file.display());
+        log::info!("checkpoint complete_lsn={lsn} -> {}", i.file.display());
         Ok(())
     }
 
@@ -289,7 +303,7 @@ impl CkptInner {
         }
         meta::write_checkpoint(&*self.fs, &self.file, lsn)?;
         self.state.lock().unwrap().1 = lsn;
-        notify(&format!("STATUS=last_lsn={lsn}"));
+        notify(&format!("STATUS=complete_lsn={lsn}"));
         Ok(())
     }
 
@@ -306,7 +320,10 @@ impl CkptInner {
             if written == u64::MAX || durable > written {
                 match self.write_now(durable) {
                     Ok(()) => {
-                        log::debug!("checkpoint last_lsn={durable} -> {}", self.file.display())
+                        log::debug!(
+                            "checkpoint complete_lsn={durable} -> {}",
+                            self.file.display()
+                        )
                     }
                     // Retried at the next tick; a failure at session end is fatal.
                     Err(e) => log::warn!("periodic checkpoint failed: {e}"),
@@ -333,10 +350,15 @@ fn watch_hangup(hangup: Arc<AtomicBool>, shutdown: Arc<AtomicBool>) {
 }
 
 fn status_line(follower: &Follower) -> String {
-    format!(
-        "STATUS=last_lsn={}",
-        follower.meta().map_or(0, |m| m.last_lsn)
-    )
+    let lsn = follower.meta().map_or(0, |m| m.last_lsn);
+    let mut msg = format!(
+        "STATUS=complete_lsn={} last_lsn={lsn}",
+        follower.complete_lsn()
+    );
+    if let Some(leader) = follower.leader_lsn() {
+        msg.push_str(&format!(" leader_lsn={leader}"));
+    }
+    msg
 }
 
 /// Tell systemd (`Type=notify`) about a state change: one datagram of

@@ -68,6 +68,23 @@ pub const WAL_REC_OFF_LEN: usize = 20;
 pub const WAL_TYPE_PAGE_IMAGE: u8 = 1;
 pub const WAL_TYPE_TRUNCATE: u8 = 2;
 
+// ---- quiverdb-follower record types (ours, NOT QuiverDB 1.x) ---------------
+// Sent by qdb-ship in the WAL v1 stream; 1.x readers check their CRC, count
+// their record LSN and ignore them (spec §6.2 steps 5-7). Layouts and the
+// choice of each record LSN field are in docs/protocol.md.
+/// Heartbeat: record lsn 0, payload `leader_last_lsn u64 | unix_ms u64`.
+pub const QF_TYPE_HEARTBEAT: u8 = 0x51;
+/// Catch-up begins: record lsn 0, payload `since u64 | upto u64`.
+pub const QF_TYPE_CATCHUP_BEGIN: u8 = 0x52;
+/// Catch-up complete: record lsn = upto, payload `since u64 | upto u64`.
+pub const QF_TYPE_CATCHUP_END: u8 = 0x53;
+/// Every marker payload is two u64: 16 bytes.
+pub const QF_MARKER_LEN: u32 = 16;
+/// Resume request a client may send first on a qdb-ship --listen connection:
+/// these 8 bytes, then the LSN to resume after (u64 LE).
+pub const QF_RESUME_MAGIC: &[u8; 8] = b"QFRESUME";
+pub const QF_RESUME_LEN: usize = 16;
+
 // ---- free list (§4.2) -------------------------------------------------------
 pub const FREE_FILE: &str = "free";
 pub const FREE_MAGIC: &[u8; 8] = b"P1FREE01";

@@ -32,6 +32,7 @@ use crate::format::layout::{
 };
 use crate::format::page::{self, PageCrc};
 use crate::format::wal::{Next, RecordHeader, StreamEnd, WalReader};
+use crate::replica::complete::{self, Tracker};
 use crate::replica::heads::HeadTracker;
 use crate::storage::meta::{self, Meta};
 use crate::storage::store::{self, DbLock, Fs, FsyncPolicy, LockHint, LockOptions, Store};
@@ -173,6 +174,8 @@ pub struct SessionStats {
     pub commits: u64,
     /// meta.last_lsn on disk after the session.
     pub last_lsn: u64,
+    /// The durable complete LSN after the session (src/complete.rs).
+    pub complete_lsn: u64,
     pub end: Option<StreamEnd>,
 }
 
@@ -181,8 +184,14 @@ impl std::fmt::Display for SessionStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "records={} applied={} skipped={} ignored={} bytes={} last_lsn={}",
-            self.records, self.applied, self.skipped, self.ignored, self.bytes, self.last_lsn
+            "records={} applied={} skipped={} ignored={} bytes={} last_lsn={} complete_lsn={}",
+            self.records,
+            self.applied,
+            self.skipped,
+            self.ignored,
+            self.bytes,
+            self.last_lsn,
+            self.complete_lsn
         )
     }
 }
@@ -228,6 +237,9 @@ pub struct Follower {
     session_first: Option<u64>,
     session_max: u64,
     behind_warned: bool,
+    /// The complete LSN (src/complete.rs), persisted after meta.
+    complete: Tracker,
+    complete_hook: Option<Box<dyn FnMut(u64) + Send>>,
 }
 
 /// At most this many per-record warnings per session, so a hostile stream
@@ -245,10 +257,10 @@ impl Follower {
                 hint: opts.lock_hint,
             },
         )?;
-        // Under the lock nobody else replaces meta or dir: what an
+        // Under the lock nobody else replaces meta, dir or complete-lsn: what an
         // interrupted replacement left behind can go (the removal becomes
         // durable with the folder fsync below, or at init).
-        for name in [META_FILE, DIR_FILE] {
+        for name in [META_FILE, DIR_FILE, complete::COMPLETE_FILE] {
             meta::remove_stale_temps(&*fs, root, OsStr::new(name))?;
         }
         let mut meta = meta::read_meta(&*fs, root)?;
@@ -262,6 +274,7 @@ impl Follower {
             }
             (None, Some(ps)) if opts.create => {
                 meta = Some(store::init_db(&*fs, root, ps)?);
+                complete::write(&*fs, root, 0)?;
                 log::info!(
                     "created follower database {} (page size {ps})",
                     root.display()
@@ -288,6 +301,12 @@ impl Follower {
             _ => None,
         };
         let max_lsn = db.as_ref().map_or(0, |(m, _)| m.last_lsn);
+        let complete = Tracker::new(complete::load(&*fs, root, db.as_ref().map(|(m, _)| m))?);
+        // From now on the file exists: a missing one would later be read as
+        // meta.last_lsn, which may by then be past a gap.
+        if db.is_some() && complete::read(&*fs, root)?.is_none() {
+            complete::write(&*fs, root, complete.value())?;
+        }
         Ok(Follower {
             fs,
             root: root.to_path_buf(),
@@ -310,12 +329,30 @@ impl Follower {
             session_first: None,
             session_max: 0,
             behind_warned: false,
+            complete,
+            complete_hook: None,
         })
     }
 
     /// Called after every commit that changed meta, with the durable meta.
     pub fn set_commit_hook(&mut self, hook: impl FnMut(&Meta) + Send + 'static) {
         self.hook = Some(Box::new(hook));
+    }
+
+    /// Called after every commit that changed the complete LSN, with the
+    /// durable value (after meta and the complete-lsn file are durable).
+    pub fn set_complete_hook(&mut self, hook: impl FnMut(u64) + Send + 'static) {
+        self.complete_hook = Some(Box::new(hook));
+    }
+
+    /// The durable complete LSN: the safe resume point (src/complete.rs).
+    pub fn complete_lsn(&self) -> u64 {
+        self.complete.durable()
+    }
+
+    /// The leader's last_lsn from the latest qdb-ship heartbeat, if any.
+    pub fn leader_lsn(&self) -> Option<u64> {
+        self.complete.leader_lsn()
     }
 
     /// The durable meta, if the DB exists.
@@ -341,6 +378,7 @@ impl Follower {
         self.behind_warned = false;
         let res = self.apply_inner(input, stats);
         self.warn_if_behind();
+        self.complete.end_stream();
         let committed = match &res {
             // A local error must not be followed by a commit: it would fsync
             // again after a failed fsync, or cover the LSN of a page whose
@@ -353,6 +391,7 @@ impl Follower {
             _ => self.commit(stats),
         };
         stats.last_lsn = self.meta().map_or(0, |m| m.last_lsn);
+        stats.complete_lsn = self.complete.durable();
         match (res, committed) {
             (Err(e), Ok(())) => Err(e),
             // A local failure outranks a stream error: the daemon must stop.
@@ -400,6 +439,8 @@ impl Follower {
             let offset = rd.offset() - WAL_RECORD_HEADER_LEN as u64;
             let end = if hdr.is_page_image() {
                 self.page_image(rd, offset, &hdr, &raw, stats)?
+            } else if crate::leader::marker::is_marker(hdr.rtype) && hdr.len <= 64 {
+                self.marker_record(rd, &hdr, &raw, stats)?
             } else {
                 let end = rd.skip_payload(&hdr, &raw)?;
                 if end.is_none() {
@@ -499,6 +540,7 @@ impl Follower {
         }
         if self.db.is_none() {
             let m = store::init_db(&*self.fs, &self.root, hdr.len)?;
+            complete::write(&*self.fs, &self.root, 0)?;
             log::info!(
                 "created follower database {} (page size {} from the stream)",
                 self.root.display(),
@@ -561,12 +603,45 @@ impl Follower {
         Ok(None)
     }
 
+    /// One of qdb-ship's records (docs/protocol.md): counted like any
+    /// unknown type, and fed to the complete-LSN tracker.
+    fn marker_record<I: Input>(
+        &mut self,
+        rd: &mut WalReader<I>,
+        hdr: &RecordHeader,
+        raw: &[u8; WAL_RECORD_HEADER_LEN],
+        stats: &mut SessionStats,
+    ) -> Result<Option<StreamEnd>> {
+        let mut payload = Vec::with_capacity(hdr.len as usize);
+        let end = rd.read_payload(hdr, raw, &mut payload)?;
+        if end.is_none() {
+            self.saw_lsn(hdr);
+            stats.records += 1;
+            stats.ignored += 1;
+            if let Some(m) = crate::leader::marker::Marker::parse(hdr.rtype, &payload) {
+                log::debug!("marker {m:?}");
+                self.complete.marker(m);
+            }
+        }
+        Ok(end)
+    }
+
     /// Count a CRC-valid record's LSN towards last_lsn, and warn about gaps.
     fn saw_lsn(&mut self, hdr: &RecordHeader) {
+        // Our markers are not changes; inside a catch-up LSNs jump by design.
+        // Only a page image is a change we applied (or already hold).
+        if hdr.is_page_image() {
+            self.complete.record(hdr.lsn);
+        }
+        let data = !crate::leader::marker::is_marker(hdr.rtype);
         // Saturating: a stream may carry lsn u64::MAX, and the next record
         // after it must not overflow (a panic in debug builds, a bogus gap
         // warning in release).
-        if hdr.lsn > self.max_lsn.saturating_add(1) && hdr.lsn > 1 {
+        if data
+            && !self.complete.in_catchup()
+            && hdr.lsn > self.max_lsn.saturating_add(1)
+            && hdr.lsn > 1
+        {
             let (have, next) = (self.max_lsn, hdr.lsn);
             self.warn(format_args!(
                 "LSN gap: the follower has every LSN up to {have} but the stream continues at {next}: frames the leader truncated were never received; if they changed pages, re-seed the follower from a leader backup"
@@ -605,7 +680,10 @@ impl Follower {
     }
 
     fn dirty_or_behind(&self) -> bool {
+        // A resumed stream whose pages are all skipped still advances the
+        // complete LSN: that too must be committed when the input pauses.
         self.dirty
+            || self.complete.changed()
             || self.db.as_ref().is_some_and(|(m, s)| {
                 self.max_lsn > m.last_lsn || s.next_page_id() != m.next_page_id
             })
@@ -666,6 +744,14 @@ impl Follower {
             );
             if let Some(hook) = self.hook.as_mut() {
                 hook(&next);
+            }
+        }
+        // After meta: the complete LSN never covers more than meta does.
+        if self.complete.changed() {
+            complete::write(&*self.fs, &self.root, self.complete.value())?;
+            self.complete.mark_durable();
+            if let Some(hook) = self.complete_hook.as_mut() {
+                hook(self.complete.durable());
             }
         }
         Ok(())

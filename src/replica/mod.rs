@@ -3,6 +3,7 @@
 //! the bucket-head directory that 1.x never ships ([`heads`]).
 
 pub(crate) mod apply;
+pub mod complete;
 pub(crate) mod heads;
 
 pub use apply::{ApplyOptions, Follower, Input, Plain, SessionStats, DEFAULT_MAX_PAGES};

@@ -129,6 +129,8 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "qdb-apply" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-apply")),
         "qdb-ckpt" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-ckpt")),
+        "qdb-ship" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-ship")),
+        "qdb-unzip" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-unzip")),
         "quiverdb-follower" => PathBuf::from(env!("CARGO_BIN_EXE_quiverdb-follower")),
         other => panic!("unknown binary {other}"),
     }
