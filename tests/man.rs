@@ -12,7 +12,9 @@ fn commands() -> Vec<clap::Command> {
         cli::ckpt::Args::command(),
         cli::follower::Args::command(),
         cli::inspect::Args::command(),
+        cli::promote::Args::command(),
         cli::recv::Args::command(),
+        cli::restore::Args::command(),
         cli::unzip::Args::command(),
     ]
 }

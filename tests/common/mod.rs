@@ -129,6 +129,8 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "qdb-apply" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-apply")),
         "qdb-ckpt" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-ckpt")),
+        "qdb-promote" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-promote")),
+        "qdb-restore" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-restore")),
         "quiverdb-follower" => PathBuf::from(env!("CARGO_BIN_EXE_quiverdb-follower")),
         other => panic!("unknown binary {other}"),
     }
