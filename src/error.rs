@@ -65,10 +65,69 @@ pub enum StreamError {
     Read(#[source] io::Error),
 }
 
+/// Something wrong with a `quiverdb backup` given to `qdb-restore`, or a
+/// refusal of restore or promote. Nothing of the follower was changed.
+#[derive(Debug, Error)]
+pub enum BackupError {
+    #[error("{what}: {reason}")]
+    Malformed { what: String, reason: String },
+    #[error("the backup has no {name}: a `quiverdb backup` folder holds pages.bin, manifest.json and (when the leader has a dir) dir.bin; pass that folder, or a tar of its contents on stdin")]
+    Missing { name: &'static str },
+    #[error("the backup's pages.bin is truncated: it ends inside the frame at byte {offset} ({got} of {want} bytes); make the backup again (nothing was written)")]
+    Truncated { offset: u64, got: u64, want: u64 },
+    #[error("the backup's pages.bin frame at byte {offset} (page {page_id}) fails its CRC: stored {stored:#010x}, computed {computed:#010x}; the backup is corrupt (nothing was written)")]
+    FrameCrc {
+        offset: u64,
+        page_id: u64,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("the backup's pages.bin frame at byte {offset} (page {page_id}) has len {len}, but the manifest's page size is {page_size}: the backup is corrupt (nothing was written)")]
+    FrameLen {
+        offset: u64,
+        page_id: u64,
+        len: u32,
+        page_size: u32,
+    },
+    #[error("the backup's pages.bin frame at byte {offset} targets page {page_id}, beyond the --max-pages limit of {max_pages} pages (nothing was written)")]
+    PageIdTooLarge {
+        offset: u64,
+        page_id: u64,
+        max_pages: u64,
+    },
+    #[error("the backup's page {page_id} (frame at byte {offset}) is corrupt: page CRC stored {stored:#010x}, computed {computed:#010x} (nothing was written)")]
+    CorruptPage {
+        offset: u64,
+        page_id: u64,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("the backup has page size {backup}, but the follower {} has {follower}: a follower must have its leader's page size (nothing was written)", path.display())]
+    PageSize {
+        path: PathBuf,
+        backup: u32,
+        follower: u32,
+    },
+    #[error("the backup is incremental from LSN {since}, but the follower {} is complete only up to LSN {complete}: restoring it would leave the changes in between missing; make the backup with `quiverdb backup --since-lsn {complete}` (or a full one), or pass --force to restore it anyway", path.display())]
+    Hole {
+        path: PathBuf,
+        since: u64,
+        complete: u64,
+    },
+    #[error("the follower {} is complete only up to LSN {complete} but its meta.last_lsn is {last_lsn}: changes in between are missing; heal it first (`quiverdb backup --since-lsn {complete}` on the leader, then qdb-restore), or pass --force to promote it as it is", path.display())]
+    Holes {
+        path: PathBuf,
+        complete: u64,
+        last_lsn: u64,
+    },
+}
+
 #[derive(Debug, Error)]
 pub enum Error {
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -134,5 +193,12 @@ impl Error {
     /// errors (disk, permissions, lock) that should stop a daemon.
     pub fn is_stream_error(&self) -> bool {
         matches!(self, Error::Stream(_))
+    }
+
+    /// True for errors caused by what the tool was given (a stream, a
+    /// backup) or a refusal, with nothing changed: exit status 1. False for
+    /// local errors (exit status 3).
+    pub fn is_input_error(&self) -> bool {
+        matches!(self, Error::Stream(_) | Error::Backup(_))
     }
 }

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | format | `format/` | QuiverDB 1.x bytes: constants, WAL records, pages, KV pages, `dir` ([`format`](mod@format), public) |
 //! | storage | `storage/` | the follower's files: the [`Fs`] seam, segments ([`Store`]), `meta`, the lock, atomic replacement |
-//! | replication | `replica/` | gating and the durability order ([`Follower`]), the complete LSN, inferred bucket heads |
+//! | replication | `replica/` | gating and the durability order ([`Follower`]), the complete LSN, inferred bucket heads, backup restore ([`restore_dir`]) and failover ([`promote()`]) |
 //! | transport | `transport/` | TCP, gzip/zstd decoding, bounded pipes between threads |
 //! | read side | `inspect/` | `qdb-inspect`: check, dump, get, pages, rebuild-dir ([`inspect`]) |
 //! | leader side | `leader/` | `qdb-ship`: WAL tail, catch-up scan of the segments, server mode ([`leader`]) |
@@ -50,7 +50,7 @@ mod replica;
 mod storage;
 mod transport;
 
-pub use error::{Error, Result, StreamError};
+pub use error::{BackupError, Error, Result, StreamError};
 
 // Storage: the file-system seam (public so that tests can inject faults),
 // segments, meta and the lock.
@@ -62,6 +62,12 @@ pub use storage::{
 // Replication: apply a stream to a follower.
 pub use replica::{
     complete, ApplyOptions, Follower, Input, Plain, SessionStats, DEFAULT_MAX_PAGES,
+};
+
+// Healing and failover: restore a leader backup, promote a follower.
+pub use replica::promote::{encode_free_list, promote, PromoteOptions, PromoteReport};
+pub use replica::restore::{
+    restore_dir, restore_tar, unpack_backup_tar, Manifest, RestoreOptions, RestoreReport,
 };
 
 // Transport: decoding and the pipes that feed the applier.

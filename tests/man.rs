@@ -12,8 +12,10 @@ fn commands() -> Vec<clap::Command> {
         cli::ckpt::Args::command(),
         cli::follower::command(),
         cli::inspect::Args::command(),
+        cli::promote::Args::command(),
         cli::recv::Args::command(),
         cli::ship::Args::command(),
+        cli::restore::Args::command(),
         cli::unzip::Args::command(),
     ]
 }

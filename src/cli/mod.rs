@@ -8,7 +8,9 @@ pub mod apply;
 pub mod ckpt;
 pub mod follower;
 pub mod inspect;
+pub mod promote;
 pub mod recv;
+pub mod restore;
 pub mod ship;
 pub mod unzip;
 
@@ -68,7 +70,7 @@ pub fn signals() -> io::Result<Signals> {
     Ok(Signals { shutdown, hangup })
 }
 
-/// Exit status for a bad stream (the follower is intact).
+/// Exit status for a bad stream or backup, or a refusal (the follower is intact).
 pub const EXIT_STREAM: u8 = 1;
 /// Exit status for a local failure (disk, permissions, lock).
 pub const EXIT_LOCAL: u8 = 3;
@@ -76,7 +78,7 @@ pub const EXIT_LOCAL: u8 = 3;
 /// Report a library error with the exit status its kind calls for.
 pub fn report_error(err: &crate::Error) -> ExitCode {
     report(err);
-    if err.is_stream_error() {
+    if err.is_input_error() {
         ExitCode::from(EXIT_STREAM)
     } else {
         ExitCode::from(EXIT_LOCAL)

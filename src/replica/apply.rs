@@ -554,8 +554,7 @@ impl Follower {
         }
         self.saw_lsn(hdr);
         stats.records += 1;
-        let new_lsn = page::v2_page_lsn(payload);
-        if let Some(n) = new_lsn {
+        if let Some(n) = page::v2_page_lsn(payload) {
             if n != hdr.lsn {
                 self.warn(format_args!(
                     "page {} record lsn {} carries page lsn {n}: gating on the page lsn, as QuiverDB 1.x does",
@@ -563,8 +562,17 @@ impl Follower {
                 ));
             }
         }
+        self.gate_and_write(hdr.page_id, payload, stats)?;
+        Ok(None)
+    }
+
+    /// QuiverDB 1.x's gating for one page image whose length and CRC are
+    /// already checked, then the write (not yet durable: the next commit
+    /// makes it so). Shared by stream apply and backup restore, so both gate
+    /// exactly alike.
+    fn gate_and_write(&mut self, id: u64, payload: &[u8], stats: &mut SessionStats) -> Result<()> {
+        let new_lsn = page::v2_page_lsn(payload);
         let (_, store) = self.db.as_mut().expect("db exists");
-        let id = hdr.page_id;
         let mut apply = true;
         if let Some(&written) = self.batch_pages.get(&id) {
             // Written by this process since the last commit: its LSN is
@@ -595,12 +603,58 @@ impl Follower {
             self.dirty = true;
             self.dirty_bytes += payload.len() as u64;
             stats.applied += 1;
-            log::trace!("applied page {id} lsn {}", hdr.lsn);
+            log::trace!("applied page {id} (page lsn {new_lsn:?})");
         } else {
             stats.skipped += 1;
-            log::trace!("skipped page {id} lsn {} (not newer)", hdr.lsn);
+            log::trace!("skipped page {id} (page lsn {new_lsn:?}, not newer)");
         }
-        Ok(None)
+        Ok(())
+    }
+
+    /// Restore one page image from a backup frame (`replica::restore`): the
+    /// caller has checked its frame CRC, length and page id bound. Gated and
+    /// written exactly as a stream's page image, without counting its LSN
+    /// towards `last_lsn` (a backup's frames are not a sequence: the backup
+    /// as a whole covers its snapshot LSN, see [`Follower::advance_to`]).
+    /// Commits by size as apply does, so memory stays bounded.
+    pub(crate) fn restore_page(
+        &mut self,
+        id: u64,
+        payload: &[u8],
+        stats: &mut SessionStats,
+    ) -> Result<()> {
+        self.check_poisoned()?;
+        let res = self.restore_page_inner(id, payload, stats);
+        if res.is_err() {
+            self.poisoned = true;
+        }
+        res
+    }
+
+    fn restore_page_inner(
+        &mut self,
+        id: u64,
+        payload: &[u8],
+        stats: &mut SessionStats,
+    ) -> Result<()> {
+        if self.db.is_none() {
+            return Err(Error::NoDatabase {
+                path: self.root.clone(),
+            });
+        }
+        stats.records += 1;
+        self.gate_and_write(id, payload, stats)?;
+        if self.dirty_bytes >= self.opts.batch_bytes {
+            self.commit(stats)?;
+        }
+        Ok(())
+    }
+
+    /// Let the next commit raise `meta.last_lsn` to `lsn` (never lower it):
+    /// used once every page a backup holds is written, so that the commit
+    /// makes them durable first and only then covers them.
+    pub(crate) fn advance_to(&mut self, lsn: u64) {
+        self.max_lsn = self.max_lsn.max(lsn);
     }
 
     /// One of qdb-ship's records (docs/protocol.md): counted like any

@@ -142,6 +142,19 @@ impl Tracker {
     }
 }
 
+/// The complete LSN as restore and promote read it: the file, else
+/// `meta.last_lsn` (a follower from before the file existed).
+pub(crate) fn complete_lsn(fs: &dyn Fs, root: &Path, meta: &Meta) -> Result<u64> {
+    load(fs, root, Some(meta))
+}
+
+/// Record that every change up to `lsn` is applied. The caller has already
+/// made the pages durable and covered them with `meta` (the durability
+/// order).
+pub(crate) fn advance_complete_lsn(fs: &dyn Fs, root: &Path, lsn: u64) -> Result<()> {
+    write(fs, root, lsn)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,8 @@ pub fn bin(name: &str) -> PathBuf {
         "qdb-apply" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-apply")),
         "qdb-ckpt" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-ckpt")),
         "qdb-ship" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-ship")),
+        "qdb-promote" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-promote")),
+        "qdb-restore" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-restore")),
         "qdb-unzip" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-unzip")),
         "quiverdb-follower" => PathBuf::from(env!("CARGO_BIN_EXE_quiverdb-follower")),
         other => panic!("unknown binary {other}"),
