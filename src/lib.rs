@@ -11,7 +11,7 @@
 //! | format | `format/` | QuiverDB 1.x bytes: constants, WAL records, pages, KV pages, `dir` ([`format`](mod@format), public) |
 //! | storage | `storage/` | the follower's files: the [`Fs`] seam, segments ([`Store`]), `meta`, the lock, atomic replacement |
 //! | replication | `replica/` | gating and the durability order ([`Follower`]), inferred bucket heads |
-//! | transport | `transport/` | TCP, gzip/zstd decoding, bounded pipes between threads |
+//! | transport | `transport/` | TCP, TLS and tokens, handshakes with a deadline, gzip/zstd decoding, bounded pipes between threads |
 //! | read side | `inspect/` | `qdb-inspect`: check, dump, get, pages, rebuild-dir ([`inspect`]) |
 //!
 //! On top sit the daemon (`daemon/`: settings and the process that wires
@@ -62,6 +62,7 @@ pub use replica::{ApplyOptions, Follower, Input, Plain, SessionStats, DEFAULT_MA
 pub use transport::codec::{self, Compression};
 pub use transport::net::{self, SessionOptions};
 pub use transport::pipe;
+pub use transport::{auth, handshake, link, tls};
 
 // The daemon.
 pub use daemon::{config, run as run_daemon, DaemonError};

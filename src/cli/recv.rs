@@ -1,17 +1,20 @@
 //! `qdb-recv`: receive a leader's WAL stream over TCP and write it to stdout.
 
 use std::io::{self, Write};
-use std::net::TcpStream;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use log::{info, warn};
 
+use crate::cli::LinkArgs;
+use crate::transport::handshake::{self, Acceptor, Expect, HandshakeOptions};
+use crate::transport::link::Link;
 use crate::transport::net::{
     configure_stream, connect_with_backoff, pump, pump_framed, sleep_unless_shutdown, AllowList,
-    Backoff, Cidr, Listener, NetError, PumpOutcome, SessionEnd, SessionFramer, SessionOptions,
+    Backoff, Cidr, Listener, NetError, PeerStream, PumpOutcome, SessionEnd, SessionFramer,
+    SessionOptions,
 };
 
 const ABOUT: &str = "Receive a QuiverDB 1.x WAL stream over TCP and write it to stdout";
@@ -134,6 +137,9 @@ pub struct Args {
     /// streams only: forwards only complete records, drops a record cut off by a session's end.
     #[arg(long)]
     pub keep_serving: bool,
+
+    #[command(flatten)]
+    pub link: LinkArgs,
 }
 
 impl Args {
@@ -158,27 +164,62 @@ pub fn shutdown_flag() -> io::Result<Arc<AtomicBool>> {
 
 /// Receive as `args` say and write the stream to `out`. Returns after one
 /// session, or with --keep-serving when `shutdown` is set or the output fails.
-pub fn run<W: Write>(args: &Args, out: &mut W, shutdown: &AtomicBool) -> Result<(), NetError> {
+/// `link` is `args.link` loaded ([`crate::transport::link::LinkSettings::load`]);
+/// `reload` (set by SIGHUP) re-reads its certificates.
+pub fn run<W: Write>(
+    args: &Args,
+    link: &Link,
+    out: &mut W,
+    shutdown: &Arc<AtomicBool>,
+    reload: Option<Arc<AtomicBool>>,
+) -> Result<(), NetError> {
     match (&args.listen, &args.connect) {
-        (Some(addr), _) => serve_listening(addr, args, out, shutdown),
+        (Some(addr), _) => serve_listening(addr, args, link, out, shutdown, reload),
         // clap requires one of the two; an empty address fails to resolve.
-        (None, addr) => serve_connecting(addr.as_deref().unwrap_or_default(), args, out, shutdown),
+        (None, addr) => serve_connecting(
+            addr.as_deref().unwrap_or_default(),
+            args,
+            link,
+            out,
+            shutdown,
+            reload,
+        ),
     }
 }
 
 fn serve_listening<W: Write>(
     addr: &str,
     args: &Args,
+    link: &Link,
     out: &mut W,
-    shutdown: &AtomicBool,
+    shutdown: &Arc<AtomicBool>,
+    reload: Option<Arc<AtomicBool>>,
 ) -> Result<(), NetError> {
     let listener = Listener::bind(addr, AllowList(args.allow.clone()))?;
+    let acceptor = Acceptor::start(
+        listener,
+        HandshakeOptions {
+            tls: link.server.clone(),
+            token: link.token.clone(),
+            timeout: link.handshake_timeout,
+            // Without --keep-serving the stream may be compressed: any
+            // first byte proves the peer is sending.
+            expect: if args.keep_serving {
+                Expect::WalHeader
+            } else {
+                Expect::AnyByte
+            },
+            session: args.session_options(),
+        },
+        shutdown.clone(),
+        reload,
+    );
     loop {
-        let Some((mut stream, peer)) = listener.accept(shutdown)? else {
+        let Some((mut conn, peer, active)) = acceptor.next()? else {
             return Ok(());
         };
-        let peer = peer.to_string();
-        let result = session(&mut stream, &peer, args, out, shutdown);
+        let result = session(&mut conn, &peer, args, out, shutdown);
+        drop(active);
         if let Next::Stop = next_step(result, &peer, args.keep_serving)? {
             return Ok(());
         }
@@ -188,20 +229,31 @@ fn serve_listening<W: Write>(
 fn serve_connecting<W: Write>(
     addr: &str,
     args: &Args,
+    link: &Link,
     out: &mut W,
-    shutdown: &AtomicBool,
+    shutdown: &Arc<AtomicBool>,
+    reload: Option<Arc<AtomicBool>>,
 ) -> Result<(), NetError> {
     let mut backoff = Backoff::new(
         Duration::from_millis(args.reconnect_ms),
         Duration::from_millis(args.backoff_cap_ms),
     );
     loop {
-        let Some(mut stream) =
-            connect_with_backoff(addr, &mut backoff, args.max_retries, shutdown)?
+        let Some(stream) = connect_with_backoff(addr, &mut backoff, args.max_retries, shutdown)?
         else {
             return Ok(());
         };
-        let result = session(&mut stream, addr, args, out, shutdown);
+        if let (Some(tls), Some(flag)) = (&link.client, &reload) {
+            if flag.swap(false, Ordering::Relaxed) {
+                match tls.reload() {
+                    Ok(()) => info!("SIGHUP: reloaded the TLS client material"),
+                    Err(e) => warn!("SIGHUP: {e}; still using the previous files"),
+                }
+            }
+        }
+        let result = configure_stream(&stream, &args.session_options())
+            .and_then(|()| handshake::connect_secure(stream, addr, link, shutdown))
+            .and_then(|mut conn| session(&mut conn, addr, args, out, shutdown));
         match next_step(result, addr, args.keep_serving)? {
             Next::Stop => return Ok(()),
             Next::Again => {}
@@ -248,15 +300,16 @@ fn next_step(
     }
 }
 
-fn session<W: Write>(
-    stream: &mut TcpStream,
+/// One session on a connection that is configured and, in listen mode,
+/// proven (see [`handshake`]).
+fn session<S: PeerStream, W: Write>(
+    stream: &mut S,
     peer: &str,
     args: &Args,
     out: &mut W,
     shutdown: &AtomicBool,
 ) -> Result<PumpOutcome, NetError> {
     let opts = args.session_options();
-    configure_stream(stream, &opts)?;
     let outcome = if args.keep_serving {
         let mut framer = SessionFramer::new(peer);
         let result = pump_framed(stream, &mut framer, out, &opts, shutdown);

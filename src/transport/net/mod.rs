@@ -82,6 +82,12 @@ pub enum NetError {
     #[error("session from {peer} does not start with a QuiverDB 1.x WAL header{hint}: --keep-serving needs an uncompressed stream; drop --keep-serving and run one session per process")]
     NotWalStream { peer: String, hint: &'static str },
 
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
+
+    #[error(transparent)]
+    Auth(#[from] crate::transport::auth::AuthError),
+
     #[error("session from {peer}: a record claims {len} payload bytes, more than the {max} --keep-serving accepts (not a QuiverDB 1.x stream, or a corrupt one); dropped the session", max = MAX_FRAMED_PAYLOAD)]
     RecordTooLarge { peer: String, len: u32 },
 }
@@ -428,6 +434,20 @@ fn peer_name(s: &TcpStream) -> String {
         .map_or_else(|_| "the peer".to_string(), |a| a.to_string())
 }
 
+/// A connection [`pump`] can read a session from: a socket, or a proven
+/// connection from the handshake layer (TLS or not). It must time out its
+/// reads every [`TICK`] (WouldBlock), as [`configure_stream`] arranges.
+pub trait PeerStream: Read {
+    /// The peer, for messages.
+    fn peer_name(&self) -> String;
+}
+
+impl PeerStream for TcpStream {
+    fn peer_name(&self) -> String {
+        peer_name(self)
+    }
+}
+
 /// How a session ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -449,8 +469,8 @@ pub struct PumpOutcome {
 /// at EOF or when `shutdown` is set; Err on a read error, the idle timeout or
 /// an output error. The stream must have been through [`configure_stream`]:
 /// without its read timeout, shutdown is only seen when data arrives.
-pub fn pump<W: Write>(
-    src: &mut TcpStream,
+pub fn pump<S: PeerStream, W: Write>(
+    src: &mut S,
     out: &mut W,
     opts: &SessionOptions,
     shutdown: &AtomicBool,
@@ -464,8 +484,8 @@ pub fn pump<W: Write>(
 /// As [`pump`], but through `framer`: only complete WAL units reach `out`.
 /// After it returns, `framer.pending_bytes()` are the bytes of a cut record
 /// that were dropped.
-pub fn pump_framed<W: Write>(
-    src: &mut TcpStream,
+pub fn pump_framed<S: PeerStream, W: Write>(
+    src: &mut S,
     framer: &mut SessionFramer,
     out: &mut W,
     opts: &SessionOptions,
@@ -474,8 +494,8 @@ pub fn pump_framed<W: Write>(
     pump_with(src, opts, shutdown, |data| framer.feed(data, out))
 }
 
-fn pump_with(
-    src: &mut TcpStream,
+fn pump_with<S: PeerStream>(
+    src: &mut S,
     opts: &SessionOptions,
     shutdown: &AtomicBool,
     mut deliver: impl FnMut(&[u8]) -> Result<(), NetError>,
@@ -501,7 +521,7 @@ fn pump_with(
                 if let Some(limit) = opts.idle_timeout {
                     if last_data.elapsed() >= limit {
                         return Err(NetError::IdleTimeout {
-                            peer: peer_name(src),
+                            peer: src.peer_name(),
                             secs: limit.as_secs(),
                         });
                     }
@@ -510,7 +530,7 @@ fn pump_with(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 return Err(NetError::Read {
-                    peer: peer_name(src),
+                    peer: src.peer_name(),
                     source: e,
                 })
             }

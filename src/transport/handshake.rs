@@ -1,0 +1,580 @@
+//! Accepting leaders without letting unproven peers hold anything up.
+//!
+//! An [`Acceptor`] owns the listening socket on its own thread. Each
+//! accepted connection gets a handshake thread that, within one deadline
+//! (`--handshake-timeout-secs`, default 10 s) and in this order:
+//!
+//! 1. runs the TLS handshake (with `--tls server`; client certificates are
+//!    verified when `--tls-client-ca` is set),
+//! 2. checks the token preamble (with `--auth-token-file`, see [`auth`]),
+//! 3. reads the first bytes of the stream: the 16-byte WAL header, checked,
+//!    when the stream is known to be uncompressed, else one byte.
+//!
+//! Only a connection that passed all three is handed to the caller by
+//! [`Acceptor::next`] and becomes the applying session. At most
+//! [`MAX_PENDING`] connections are in handshake at once; more are closed at
+//! accept. A peer that sends nothing, or drips one byte a second, therefore
+//! costs one of those slots for at most the deadline and never delays a
+//! leader that proves itself.
+//!
+//! Second leader: while a session is active (or one is ready and not yet
+//! taken), another connection that passes the handshake is refused and
+//! closed, with a rate-limited log line. The running session is never
+//! replaced: the follower applies one stream at a time, and a leader whose
+//! host vanished is noticed by TCP keepalive (about 60 s) or
+//! `--idle-timeout-secs`, after which the next leader is accepted.
+//!
+//! Refusals and failures are logged through [`PeerLog`]: at most one line
+//! per peer address per [`LOG_INTERVAL`], and at most [`LOG_LINES_PER_INTERVAL`]
+//! lines in all per interval, each with the counts of what was suppressed.
+//!
+//! [`auth`]: crate::transport::auth
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::format::layout::WAL_HEADER_LEN;
+use crate::format::wal::check_stream_header;
+use crate::transport::auth::{self, Token};
+use crate::transport::link::Link;
+use crate::transport::net::{self, Listener, NetError, PeerStream, SessionOptions, TICK};
+use crate::transport::tls::{ServerTls, TlsStream};
+
+/// Connections in handshake at once; more are closed at accept.
+pub const MAX_PENDING: usize = 64;
+/// Default `--handshake-timeout-secs`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// One log line per peer address per interval.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Lines per interval for all peers together.
+pub const LOG_LINES_PER_INTERVAL: u32 = 20;
+/// Handshake threads do little; a small stack keeps 64 of them cheap.
+const HANDSHAKE_STACK: usize = 256 * 1024;
+
+/// What the first bytes of a stream must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// A 16-byte QuiverDB 1.x WAL header (uncompressed stream).
+    WalHeader,
+    /// At least one byte (compressed or unknown stream).
+    AnyByte,
+}
+
+/// How connections are proven.
+#[derive(Debug, Clone)]
+pub struct HandshakeOptions {
+    pub tls: Option<Arc<ServerTls>>,
+    pub token: Option<Token>,
+    pub timeout: Duration,
+    pub expect: Expect,
+    pub session: SessionOptions,
+}
+
+/// A connection that passed the handshake, with the stream bytes already
+/// read (the prefix) replayed first.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TlsStream,
+    prefix: Vec<u8>,
+    pos: usize,
+    peer: String,
+}
+
+impl Conn {
+    /// A connection with nothing read yet (connect mode).
+    pub fn new(stream: TlsStream, peer: String) -> Conn {
+        Conn {
+            stream,
+            prefix: Vec::new(),
+            pos: 0,
+            peer,
+        }
+    }
+
+    /// The socket, e.g. to clone a handle that shuts it down from another thread.
+    pub fn tcp(&self) -> &TcpStream {
+        self.stream.tcp()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.prefix[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        self.stream.read(buf)
+    }
+}
+
+impl PeerStream for Conn {
+    fn peer_name(&self) -> String {
+        self.peer.clone()
+    }
+}
+
+/// Reads and writes that retry the socket's tick timeouts until `deadline`,
+/// so that the token and header reads share the handshake's deadline.
+struct DeadlineIo<'a> {
+    s: &'a mut TlsStream,
+    deadline: Instant,
+    shutdown: &'a AtomicBool,
+}
+
+impl DeadlineIo<'_> {
+    fn check(&self) -> io::Result<()> {
+        if self.shutdown.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping on signal"));
+        }
+        if Instant::now() >= self.deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline"));
+        }
+        Ok(())
+    }
+}
+
+impl Read for DeadlineIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.check()?;
+            match self.s.read(buf) {
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Write for DeadlineIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        self.s.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.s.flush()
+    }
+}
+
+/// Rate-limited logging of refused and failed peers.
+#[derive(Debug)]
+pub struct PeerLog {
+    inner: Mutex<PeerLogInner>,
+    /// Every refusal and failure since start.
+    total: AtomicU64,
+}
+
+#[derive(Debug)]
+struct PeerLogInner {
+    /// Per address: when it was last logged, and how many were not logged since.
+    peers: HashMap<IpAddr, (Instant, u64)>,
+    window: Instant,
+    lines: u32,
+    /// Not logged because of the overall limit, in this window.
+    dropped: u64,
+}
+
+impl Default for PeerLog {
+    fn default() -> Self {
+        PeerLog {
+            inner: Mutex::new(PeerLogInner {
+                peers: HashMap::new(),
+                window: Instant::now(),
+                lines: 0,
+                dropped: 0,
+            }),
+            total: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PeerLog {
+    /// Count a refusal or failure of `peer`; log `msg` at warn unless this
+    /// peer was logged within [`LOG_INTERVAL`] or the overall budget is spent.
+    pub fn warn(&self, peer: SocketAddr, msg: &dyn std::fmt::Display) {
+        let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(g.window) >= LOG_INTERVAL {
+            if g.dropped > 0 {
+                log::warn!(
+                    "{} more refused or failed connections were not logged in the last {} s",
+                    g.dropped,
+                    LOG_INTERVAL.as_secs()
+                );
+            }
+            g.window = now;
+            g.lines = 0;
+            g.dropped = 0;
+        }
+        // Bounded memory under a flood from many addresses.
+        if g.peers.len() > 4096 {
+            g.peers
+                .retain(|_, (last, _)| now.duration_since(*last) < LOG_INTERVAL);
+            if g.peers.len() > 4096 {
+                g.peers.clear();
+            }
+        }
+        let ip = peer.ip();
+        let due = g
+            .peers
+            .get(&ip)
+            .is_none_or(|(last, _)| now.duration_since(*last) >= LOG_INTERVAL);
+        if !due || g.lines >= LOG_LINES_PER_INTERVAL {
+            if due {
+                g.dropped += 1;
+            }
+            g.peers.entry(ip).or_insert((now, 0)).1 += 1;
+            return;
+        }
+        g.lines += 1;
+        let suppressed = g.peers.insert(ip, (now, 0)).map_or(0, |(_, n)| n);
+        if suppressed > 0 {
+            log::warn!(
+                "{msg} ({suppressed} more from {ip} not logged; {total} refused or failed in all)"
+            );
+        } else {
+            log::warn!("{msg} ({total} refused or failed in all)");
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ready: Option<(Conn, String)>,
+    /// The peer of the session the caller is running.
+    active: Option<String>,
+    /// The accept loop failed: the caller ends with this.
+    failed: Option<NetError>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    cv: Condvar,
+    pending: AtomicUsize,
+    log: PeerLog,
+    opts: HandshakeOptions,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// Accepts and proves connections on background threads; see the module doc.
+#[derive(Debug)]
+pub struct Acceptor {
+    shared: Arc<Shared>,
+    local: SocketAddr,
+}
+
+/// The applying session; dropping it lets the next proven leader in.
+#[derive(Debug)]
+pub struct Active {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.shared.lock().active = None;
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Acceptor {
+    /// Start accepting on `listener`. With TLS and a `reload` flag (set by
+    /// SIGHUP), certificates and keys are re-read when the flag is set;
+    /// handshakes after that use them, sessions already running keep theirs.
+    pub fn start(
+        listener: Listener,
+        opts: HandshakeOptions,
+        shutdown: Arc<AtomicBool>,
+        reload: Option<Arc<AtomicBool>>,
+    ) -> Acceptor {
+        let local = listener.local_addr();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            cv: Condvar::new(),
+            pending: AtomicUsize::new(0),
+            log: PeerLog::default(),
+            opts,
+            shutdown,
+        });
+        if let (Some(tls), Some(flag)) = (shared.opts.tls.clone(), reload) {
+            let stop = shared.shutdown.clone();
+            thread::Builder::new()
+                .name("tls-reload".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if flag.swap(false, Ordering::Relaxed) {
+                            reload_server(&tls);
+                        }
+                        thread::sleep(TICK);
+                    }
+                })
+                .expect("spawn tls-reload thread");
+        }
+        let s = shared.clone();
+        thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || accept_loop(listener, s))
+            .expect("spawn accept thread");
+        Acceptor { shared, local }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Refused and failed connections so far.
+    pub fn refused(&self) -> u64 {
+        self.shared.log.total()
+    }
+
+    /// Wait for the next proven connection. Ok(None) once shutdown is set.
+    /// The returned [`Active`] marks the session: keep it until the session
+    /// ends.
+    pub fn next(&self) -> Result<Option<(Conn, String, Active)>, NetError> {
+        let mut g = self.shared.lock();
+        loop {
+            if let Some(e) = g.failed.take() {
+                return Err(e);
+            }
+            if self.shared.shutdown.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            if let Some((conn, peer)) = g.ready.take() {
+                g.active = Some(peer.clone());
+                let active = Active {
+                    shared: self.shared.clone(),
+                };
+                return Ok(Some((conn, peer, active)));
+            }
+            g = self
+                .shared
+                .cv
+                .wait_timeout(g, TICK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Re-read server certificates; a failure keeps the old ones.
+pub fn reload_server(tls: &ServerTls) {
+    match tls.reload() {
+        Ok(()) => log::info!(
+            "SIGHUP: reloaded TLS certificate {} and key {}",
+            tls.files().cert.display(),
+            tls.files().key.display()
+        ),
+        Err(e) => log::error!("SIGHUP: {e}; still using the previous certificate and key"),
+    }
+}
+
+fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+    loop {
+        let (tcp, peer) = match listener.accept(&shared.shutdown) {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) => {
+                shared.lock().failed = Some(e);
+                shared.cv.notify_all();
+                return;
+            }
+        };
+        // Counted before the thread starts, so a burst cannot overshoot.
+        if shared.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            shared.log.warn(
+                peer,
+                &format_args!(
+                    "refused connection from {peer}: {MAX_PENDING} connections are already in handshake"
+                ),
+            );
+            continue;
+        }
+        let s = shared.clone();
+        let spawned = thread::Builder::new()
+            .name("handshake".into())
+            .stack_size(HANDSHAKE_STACK)
+            .spawn(move || {
+                let deadline = Instant::now() + s.opts.timeout;
+                let result = prove(&s, tcp, peer, deadline);
+                s.pending.fetch_sub(1, Ordering::AcqRel);
+                match result {
+                    Ok(conn) => offer(&s, conn, peer),
+                    Err(msg) if s.shutdown.load(Ordering::Relaxed) => {
+                        log::debug!("connection from {peer} dropped on shutdown: {msg}")
+                    }
+                    Err(msg) => s.log.warn(peer, &msg),
+                }
+            });
+        if let Err(e) = spawned {
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            shared
+                .log
+                .warn(peer, &format_args!("refused connection from {peer}: {e}"));
+        }
+    }
+}
+
+/// Hand a proven connection to the caller, unless a session is active.
+fn offer(shared: &Shared, conn: Conn, peer: SocketAddr) {
+    let mut g = shared.lock();
+    let busy = g
+        .active
+        .clone()
+        .or_else(|| g.ready.as_ref().map(|(_, p)| p.clone()));
+    match busy {
+        Some(other) => {
+            drop(g);
+            shared.log.warn(
+                peer,
+                &format_args!(
+                    "refused leader {peer}: it passed the handshake, but the session from {other} is active \
+                     (one leader at a time)"
+                ),
+            );
+        }
+        None => {
+            log::info!(
+                "leader {peer} passed the handshake{}; session starts",
+                if conn.is_tls() { " (TLS)" } else { "" }
+            );
+            g.ready = Some((conn, peer.to_string()));
+            drop(g);
+            shared.cv.notify_all();
+        }
+    }
+}
+
+/// TLS, token, first stream bytes, all before `deadline`. The error is the
+/// log line.
+fn prove(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<Conn, String> {
+    let opts = &shared.opts;
+    let secs = opts.timeout.as_secs();
+    let timed_out = |what: &str| {
+        format!("connection from {peer}: no {what} within {secs} s (--handshake-timeout-secs); closed")
+    };
+    net::configure_stream(&tcp, &opts.session).map_err(|e| e.to_string())?;
+    let mut stream = match &opts.tls {
+        Some(tls) => match tls.accept_until(tcp, deadline, &shared.shutdown) {
+            Ok(s) => s,
+            Err(crate::transport::tls::TlsError::Timeout { .. }) => {
+                return Err(timed_out("TLS handshake"))
+            }
+            Err(e) => return Err(format!("refused connection: {e}")),
+        },
+        None => TlsStream::Plain(tcp),
+    };
+    let peer_s = peer.to_string();
+    let mut io = DeadlineIo {
+        s: &mut stream,
+        deadline,
+        shutdown: &shared.shutdown,
+    };
+    if let Some(token) = &opts.token {
+        match auth::check_token(&mut io, token, &peer_s) {
+            Ok(()) => {}
+            Err(auth::AuthError::Io { source, .. }) if source.kind() == io::ErrorKind::TimedOut => {
+                return Err(timed_out("auth preamble"))
+            }
+            Err(e) => return Err(format!("refused connection: {e}")),
+        }
+    }
+    let need = match opts.expect {
+        Expect::WalHeader => WAL_HEADER_LEN,
+        Expect::AnyByte => 1,
+    };
+    let mut prefix = vec![0u8; need];
+    match auth::read_exact_or_eof(&mut io, &mut prefix) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(format!(
+                "connection from {peer} closed before the stream started; nothing applied"
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(timed_out("WAL header")),
+        Err(e) => return Err(format!("connection from {peer}: {e}")),
+    }
+    if opts.expect == Expect::WalHeader {
+        if let Err(e) = check_stream_header(&prefix) {
+            return Err(format!("refused connection from {peer}: {e}"));
+        }
+    }
+    Ok(Conn {
+        stream,
+        prefix,
+        pos: 0,
+        peer: peer_s,
+    })
+}
+
+/// The connecting side: TLS client handshake (with `link.client`) and the
+/// token preamble (with `link.token`) on a connected, configured socket,
+/// within `link.handshake_timeout`.
+pub fn connect_secure(
+    tcp: TcpStream,
+    peer: &str,
+    link: &Link,
+    shutdown: &AtomicBool,
+) -> Result<Conn, NetError> {
+    let deadline = Instant::now() + link.handshake_timeout;
+    let mut stream = match &link.client {
+        Some(tls) => tls.handshake(tcp, deadline, shutdown)?,
+        None => TlsStream::Plain(tcp),
+    };
+    if let Some(token) = &link.token {
+        let mut io = DeadlineIo {
+            s: &mut stream,
+            deadline,
+            shutdown,
+        };
+        auth::send_token(&mut io, token, peer)?;
+    }
+    Ok(Conn::new(stream, peer.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_log_counts_everything_and_bounds_lines() {
+        let log = PeerLog::default();
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        for _ in 0..1000 {
+            log.warn(a, &"x");
+        }
+        assert_eq!(log.total(), 1000);
+        let g = log.inner.lock().unwrap();
+        assert_eq!(g.lines, 1);
+        assert_eq!(g.peers[&a.ip()].1, 999);
+    }
+}
