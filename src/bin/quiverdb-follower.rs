@@ -31,13 +31,30 @@ fn main() -> ExitCode {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
     }
+    // Certificates, keys and the token are read and checked here, before the
+    // database is locked or the port bound: a bad TLS setup is exit 2.
+    let listening = matches!(settings.mode, config::Mode::Listen(_));
+    let link = match settings.link.load(listening) {
+        Ok(l) => l,
+        Err(e) => {
+            cli::report(&e);
+            return ExitCode::from(cli::EXIT_USAGE);
+        }
+    };
+    let reload = match cli::reload_flag() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::warn!("cannot install the SIGHUP handler ({e}): certificates will not be reloaded");
+            None
+        }
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while stopping ends the process at once.
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, shutdown.clone());
         let _ = signal_hook::flag::register(sig, shutdown.clone());
     }
-    match quiverdb_follower::run_daemon(&settings, shutdown) {
+    match quiverdb_follower::run_daemon(&settings, &link, shutdown, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             cli::report(&e);

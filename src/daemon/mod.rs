@@ -12,7 +12,7 @@
 
 pub mod config;
 
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,6 +28,8 @@ use crate::replica::apply::{ApplyOptions, Follower, SessionStats};
 use crate::storage::meta;
 use crate::storage::store::{Fs, StdFs};
 use crate::transport::codec::{self, Compression};
+use crate::transport::handshake::{self, Acceptor, Conn, Expect, HandshakeOptions};
+use crate::transport::link::Link;
 use crate::transport::net::{self, AllowList, Backoff, NetError, SessionOptions};
 use crate::transport::pipe;
 
@@ -43,7 +45,14 @@ pub enum DaemonError {
 }
 
 /// Run the daemon until `shutdown` is set (SIGTERM/SIGINT) or a local error.
-pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError> {
+/// `link` is `settings.link` loaded (checked before anything is locked or
+/// bound); `reload`, set by SIGHUP, re-reads its certificates and keys.
+pub fn run(
+    settings: &Settings,
+    link: &Link,
+    shutdown: Arc<AtomicBool>,
+    reload: Option<Arc<AtomicBool>>,
+) -> Result<(), DaemonError> {
     let fs: Arc<dyn Fs> = Arc::new(StdFs);
     let opts = ApplyOptions {
         fsync: settings.fsync,
@@ -63,8 +72,24 @@ pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonE
         follower.set_commit_hook(move |m| ckpt.durable(m.last_lsn));
     }
     let res = match &settings.mode {
-        Mode::Listen(addr) => serve_listen(settings, addr, &mut follower, &ckpt, &shutdown),
-        Mode::Connect(addr) => serve_connect(settings, addr, &mut follower, &ckpt, &shutdown),
+        Mode::Listen(addr) => serve_listen(
+            settings,
+            link,
+            addr,
+            &mut follower,
+            &ckpt,
+            &shutdown,
+            reload,
+        ),
+        Mode::Connect(addr) => serve_connect(
+            settings,
+            link,
+            addr,
+            &mut follower,
+            &ckpt,
+            &shutdown,
+            reload,
+        ),
     };
     notify("STOPPING=1");
     ckpt.stop();
@@ -77,30 +102,62 @@ pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonE
     res
 }
 
+fn session_options(settings: &Settings) -> SessionOptions {
+    SessionOptions {
+        idle_timeout: settings.idle_timeout,
+        keepalive: settings.keepalive,
+    }
+}
+
+/// Server mode: connections are proven (TLS, token, WAL header) on
+/// background threads with a deadline ([`handshake`]); only a proven one
+/// becomes the applying session, and a second proven leader is refused
+/// while a session runs.
 fn serve_listen(
     settings: &Settings,
+    link: &Link,
     addr: &str,
     follower: &mut Follower,
     ckpt: &Checkpointer,
     shutdown: &Arc<AtomicBool>,
+    reload: Option<Arc<AtomicBool>>,
 ) -> Result<(), DaemonError> {
     if settings.default_mode {
         log::info!("neither --listen nor --connect given: listening on the default {addr}");
     }
     let listener = net::Listener::bind(addr, AllowList(settings.allow.clone()))?;
+    let acceptor = Acceptor::start(
+        listener,
+        HandshakeOptions {
+            tls: link.server.clone(),
+            token: link.token.clone(),
+            timeout: link.handshake_timeout,
+            // A compressed stream's first bytes are its codec's header.
+            expect: match settings.decompress {
+                Compression::None => Expect::WalHeader,
+                _ => Expect::AnyByte,
+            },
+            session: session_options(settings),
+        },
+        shutdown.clone(),
+        reload,
+    );
     notify_status(follower, "READY=1");
-    while let Some((stream, peer)) = listener.accept(shutdown)? {
-        session(settings, follower, ckpt, stream, peer.to_string(), shutdown)?;
+    while let Some((conn, peer, active)) = acceptor.next()? {
+        session(settings, follower, ckpt, conn, peer, shutdown)?;
+        drop(active);
     }
     Ok(())
 }
 
 fn serve_connect(
     settings: &Settings,
+    link: &Link,
     addr: &str,
     follower: &mut Follower,
     ckpt: &Checkpointer,
     shutdown: &Arc<AtomicBool>,
+    reload: Option<Arc<AtomicBool>>,
 ) -> Result<(), DaemonError> {
     notify_status(follower, "READY=1");
     let mut backoff = Backoff::new(settings.reconnect, settings.backoff_cap);
@@ -108,7 +165,23 @@ fn serve_connect(
         let Some(stream) = net::connect_with_backoff(addr, &mut backoff, None, shutdown)? else {
             return Ok(());
         };
-        let stats = session(settings, follower, ckpt, stream, addr.to_string(), shutdown)?;
+        if let (Some(tls), Some(flag)) = (&link.client, &reload) {
+            if flag.swap(false, Ordering::Relaxed) {
+                match tls.reload() {
+                    Ok(()) => log::info!("SIGHUP: reloaded the TLS client material"),
+                    Err(e) => log::error!("SIGHUP: {e}; still using the previous files"),
+                }
+            }
+        }
+        let secured = net::configure_stream(&stream, &session_options(settings))
+            .and_then(|()| handshake::connect_secure(stream, addr, link, shutdown));
+        let stats = match secured {
+            Ok(conn) => session(settings, follower, ckpt, conn, addr.to_string(), shutdown)?,
+            Err(e) => {
+                log::warn!("connection to {addr} failed: {e}");
+                SessionStats::default()
+            }
+        };
         if shutdown.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -134,22 +207,15 @@ fn session(
     settings: &Settings,
     follower: &mut Follower,
     ckpt: &Checkpointer,
-    mut stream: TcpStream,
+    mut stream: Conn,
     peer: String,
     shutdown: &Arc<AtomicBool>,
 ) -> Result<SessionStats, DaemonError> {
     let started = Instant::now();
-    let sopts = SessionOptions {
-        idle_timeout: settings.idle_timeout,
-        keepalive: settings.keepalive,
-    };
+    let sopts = session_options(settings);
     let mut stats = SessionStats::default();
-    if let Err(e) = net::configure_stream(&stream, &sopts) {
-        log::warn!("session from {peer}: {e}");
-        return Ok(stats);
-    }
     // Kept to unblock the network stage if apply stops first.
-    let closer = stream.try_clone().ok();
+    let closer = stream.tcp().try_clone().ok();
     let (mut net_w, net_r) = pipe::pipe(PIPE_CHUNKS);
     let net_thread = {
         let shutdown = shutdown.clone();
