@@ -239,6 +239,8 @@ impl PeerLog {
                 g.dropped += 1;
             }
             g.peers.entry(ip).or_insert((now, 0)).1 += 1;
+            // Still there for whoever asks (RUST_LOG=...handshake=debug).
+            log::debug!("{msg}");
             return;
         }
         g.lines += 1;

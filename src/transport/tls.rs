@@ -31,6 +31,9 @@
 //!     key: Some("leader.key".into()),
 //! })?;
 //! let mut stream = quiverdb_follower::tls::connect_tls("follower:9999", &client, Duration::from_secs(10))?;
+//! // With --auth-token-file: the preamble, before the stream.
+//! let token = quiverdb_follower::auth::Token::load("token".as_ref())?;
+//! quiverdb_follower::auth::send_token(&mut stream, &token, "follower:9999")?;
 //! stream.write_all(b"...")?;
 //! stream.close()?; // close_notify, so the follower sees a clean end
 //!
@@ -300,9 +303,12 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        Ok(Arc::new(
-            builder.with_cert_resolver(Arc::new(SingleCert(ck))),
-        ))
+        let mut config = builder.with_cert_resolver(Arc::new(SingleCert(ck)));
+        // No session resumption: a leader connects once per session, and
+        // tickets the client never reads would make its close a reset
+        // (unread data in its receive buffer) that cuts the stream's tail.
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
     }
 
     pub fn files(&self) -> &ServerTlsFiles {
@@ -331,7 +337,10 @@ impl ServerTls {
     /// Run the server handshake on an accepted socket, within `timeout`.
     pub fn accept(&self, tcp: TcpStream, timeout: Duration) -> Result<TlsStream, TlsError> {
         let never = AtomicBool::new(false);
-        self.accept_until(tcp, Instant::now() + timeout, &never)
+        let s = self.accept_until(tcp, Instant::now() + timeout, &never)?;
+        // Plain blocking I/O from here on, as the caller expects.
+        let _ = s.tcp().set_read_timeout(None);
+        Ok(s)
     }
 
     /// As [`ServerTls::accept`], with a deadline and a shutdown flag.
@@ -499,7 +508,10 @@ pub fn connect_tls(addr: &str, tls: &ClientTls, timeout: Duration) -> Result<Tls
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
                 let never = AtomicBool::new(false);
-                return tls.handshake(tcp, deadline, &never);
+                let s = tls.handshake(tcp, deadline, &never)?;
+                // Plain blocking I/O from here on, as the caller expects.
+                let _ = s.tcp().set_read_timeout(None);
+                return Ok(s);
             }
             Err(e) => last = e,
         }
@@ -684,8 +696,21 @@ impl TlsStream {
         !matches!(self, TlsStream::Plain(_))
     }
 
-    /// Send TLS close_notify (so the peer can tell a clean end from a cut)
-    /// and shut the socket down for writing.
+    /// The peer's end-entity certificate (DER), if it presented one.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        let certs = match self {
+            TlsStream::Plain(_) => None,
+            TlsStream::Server(s) => s.conn.peer_certificates(),
+            TlsStream::Client(s) => s.conn.peer_certificates(),
+        };
+        certs.and_then(|c| c.first()).map(|c| c.to_vec())
+    }
+
+    /// Send TLS close_notify (so the peer can tell a clean end from a cut),
+    /// shut the socket down for writing, and read what the peer still sends
+    /// until it closes (at most [`CLOSE_DRAIN`]): closing a socket with
+    /// unread data resets the connection, and a reset can discard the
+    /// stream's last bytes before the peer has read them.
     pub fn close(&mut self) -> io::Result<()> {
         match self {
             TlsStream::Plain(_) => {}
@@ -698,9 +723,25 @@ impl TlsStream {
                 s.flush()?;
             }
         }
-        self.tcp().shutdown(Shutdown::Write)
+        self.tcp().shutdown(Shutdown::Write)?;
+        let deadline = Instant::now() + CLOSE_DRAIN;
+        let mut buf = [0u8; 4096];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if left.is_zero() {
+                break;
+            }
+            self.tcp().set_read_timeout(Some(left))?;
+            match self.tcp().read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        Ok(())
     }
 }
+
+/// How long [`TlsStream::close`] waits for the peer to close.
+pub const CLOSE_DRAIN: Duration = Duration::from_secs(5);
 
 /// A TLS peer that closes without close_notify shows as UnexpectedEof; for
 /// the WAL stream that is the same as a TCP close (a cut record is a partial

@@ -129,6 +129,7 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "qdb-apply" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-apply")),
         "qdb-ckpt" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-ckpt")),
+        "qdb-recv" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-recv")),
         "quiverdb-follower" => PathBuf::from(env!("CARGO_BIN_EXE_quiverdb-follower")),
         other => panic!("unknown binary {other}"),
     }
