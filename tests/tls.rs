@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use quiverdb_follower::auth::{self, Token};
-use rustls_pki_types::pem::PemObject;
 use quiverdb_follower::tls::{connect_tls, ClientTls, ClientTlsFiles, TlsStream};
+use rustls_pki_types::pem::PemObject;
 
 const CASE: &str = "c02-overflow";
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -68,9 +68,21 @@ impl Pki {
         openssl(
             self.dir.path(),
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"),
-                "-days", "30", "-subj", &format!("/CN={name}"),
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "30",
+                "-subj",
+                &format!("/CN={name}"),
             ],
         );
     }
@@ -81,9 +93,18 @@ impl Pki {
         openssl(
             d,
             &[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"),
-                "-subj", &format!("/CN={cn}"),
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
             ],
         );
         fs::write(
@@ -96,9 +117,22 @@ impl Pki {
         openssl(
             d,
             &[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"),
-                "-CAkey", &format!("{ca}.key"), "-set_serial", &serial.to_string(),
-                "-days", days, "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext"),
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-set_serial",
+                &serial.to_string(),
+                "-days",
+                days,
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
             ],
         );
     }
@@ -153,7 +187,10 @@ impl Proc {
         let child = Command::new(bin(name))
             .args(args)
             // Refusals beyond the rate limit are logged at debug.
-            .env("RUST_LOG", "info,quiverdb_follower::transport::handshake=debug")
+            .env(
+                "RUST_LOG",
+                "info,quiverdb_follower::transport::handshake=debug",
+            )
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(out)
@@ -172,9 +209,17 @@ impl Proc {
     }
 
     fn wait_log(&self, needle: &str, timeout: Duration) -> String {
-        wait_for(needle, timeout, || self.log(), || self.log().contains(needle));
+        wait_for(
+            needle,
+            timeout,
+            || self.log(),
+            || self.log().contains(needle),
+        );
         let log = self.log();
-        log.lines().find(|l| l.contains(needle)).unwrap().to_string()
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap()
+            .to_string()
     }
 
     /// The port from "listening on 127.0.0.1:PORT".
@@ -255,7 +300,11 @@ fn qdb_recv_with_mutual_tls_feeds_qdb_apply() {
     assert!(status.success(), "{}", recv.log());
     assert_eq!(fs::read(&out).unwrap(), stream);
     let db = work.path().join("db");
-    let o = run("qdb-apply", &["--path", db.to_str().unwrap()], &fs::read(&out).unwrap());
+    let o = run(
+        "qdb-apply",
+        &["--path", db.to_str().unwrap()],
+        &fs::read(&out).unwrap(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_matches_expected(&db, CASE);
 }
@@ -267,7 +316,13 @@ fn daemon_with_mutual_tls_and_token_applies() {
     let db = work.path().join("db");
     let mut d = daemon(&pki, &db, &[], true);
     let port = d.port();
-    send(port, &pki.client(Some("client")), Some(TOKEN), &stream(CASE)).unwrap();
+    send(
+        port,
+        &pki.client(Some("client")),
+        Some(TOKEN),
+        &stream(CASE),
+    )
+    .unwrap();
     d.wait_log("ended: ", Duration::from_secs(20));
     assert!(d.stop().success(), "{}", d.log());
     assert!(d.log().contains("(TLS)"), "{}", d.log());
@@ -290,7 +345,12 @@ fn refused_peers_apply_nothing_and_each_says_why() {
 
     // A real client without a certificate: openssl s_client.
     let s_client = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-CAfile"])
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-CAfile",
+        ])
         .arg(pki.path("ca.pem"))
         .args(["-servername", "localhost", "-quiet"])
         .stdin(Stdio::piped())
@@ -312,15 +372,24 @@ fn refused_peers_apply_nothing_and_each_says_why() {
     d.wait_log("not signed by the trusted CA", Duration::from_secs(10));
     let _ = send(port, &pki.client(Some("expired")), Some(TOKEN), &wal);
     d.wait_log("certificate has expired", Duration::from_secs(10));
-    let e = send(port, &pki.client(Some("client")), Some("ffffffffffffffffffffffffffffffff"), &wal)
-        .unwrap_err();
+    let e = send(
+        port,
+        &pki.client(Some("client")),
+        Some("ffffffffffffffffffffffffffffffff"),
+        &wal,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("refused our token"), "{e}");
     d.wait_log("sent a wrong token", Duration::from_secs(10));
     // A valid client that sends no token.
     let _ = send(port, &pki.client(Some("client")), None, &wal);
     d.wait_log("did not send the auth preamble", Duration::from_secs(10));
 
-    assert!(!db.join("meta").exists(), "something was applied\n{}", d.log());
+    assert!(
+        !db.join("meta").exists(),
+        "something was applied\n{}",
+        d.log()
+    );
     // Each refusal is one line.
     let log = d.log();
     assert!(
@@ -337,27 +406,46 @@ fn bad_tls_configuration_is_exit_2_before_anything_is_touched() {
     let dbs = db.display().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            vec!["--tls".into(), "server".into(), "--tls-cert".into(), pki.p("server.pem")],
+            vec![
+                "--tls".into(),
+                "server".into(),
+                "--tls-cert".into(),
+                pki.p("server.pem"),
+            ],
             "--tls server needs --tls-cert and --tls-key",
         ),
         (
             vec![
-                "--tls".into(), "server".into(), "--tls-cert".into(), pki.p("missing.pem"),
-                "--tls-key".into(), pki.p("server.key"),
+                "--tls".into(),
+                "server".into(),
+                "--tls-cert".into(),
+                pki.p("missing.pem"),
+                "--tls-key".into(),
+                pki.p("server.key"),
             ],
             "cannot read --tls-cert",
         ),
         (
             vec![
-                "--tls".into(), "server".into(), "--tls-cert".into(), pki.p("server.pem"),
-                "--tls-key".into(), pki.p("client.key"),
+                "--tls".into(),
+                "server".into(),
+                "--tls-cert".into(),
+                pki.p("server.pem"),
+                "--tls-key".into(),
+                pki.p("client.key"),
             ],
             "does not match the certificate",
         ),
         (
             vec![
-                "--tls".into(), "server".into(), "--tls-cert".into(), pki.p("server.pem"),
-                "--tls-key".into(), pki.p("server.key"), "--tls-client-ca".into(), pki.p("token"),
+                "--tls".into(),
+                "server".into(),
+                "--tls-cert".into(),
+                pki.p("server.pem"),
+                "--tls-key".into(),
+                pki.p("server.key"),
+                "--tls-client-ca".into(),
+                pki.p("token"),
             ],
             "holds no PEM certificate",
         ),
@@ -367,7 +455,12 @@ fn bad_tls_configuration_is_exit_2_before_anything_is_touched() {
         ),
     ];
     for (extra, needle) in cases {
-        let mut args = vec!["--path".to_string(), dbs.clone(), "--listen".into(), "127.0.0.1:0".into()];
+        let mut args = vec![
+            "--path".to_string(),
+            dbs.clone(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
         args.extend(extra.clone());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = run("quiverdb-follower", &args, b"");
@@ -453,7 +546,11 @@ fn silent_and_dripping_peers_do_not_hold_up_the_leader() {
     let took = started.elapsed();
     // The contract is "not held up"; 1 s is the aim, 5 s leaves room for a
     // machine shared with compilers.
-    assert!(took < Duration::from_secs(5), "leader applied after {took:?}\n{}", d.log());
+    assert!(
+        took < Duration::from_secs(5),
+        "leader applied after {took:?}\n{}",
+        d.log()
+    );
     assert!(
         busy_fds <= idle_fds + 50 + 10,
         "{busy_fds} fds with 50 pending peers (idle: {idle_fds})"
@@ -463,7 +560,9 @@ fn silent_and_dripping_peers_do_not_hold_up_the_leader() {
 
     // The pending peers are closed at the handshake deadline.
     let mut buf = [0u8; 1];
-    silent[0].set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    silent[0]
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     assert_eq!(silent[0].read(&mut buf).unwrap_or(0), 0);
     drop(silent);
     drop(drips);

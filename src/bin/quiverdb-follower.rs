@@ -44,7 +44,9 @@ fn main() -> ExitCode {
     let reload = match cli::reload_flag() {
         Ok(f) => Some(f),
         Err(e) => {
-            log::warn!("cannot install the SIGHUP handler ({e}): certificates will not be reloaded");
+            log::warn!(
+                "cannot install the SIGHUP handler ({e}): certificates will not be reloaded"
+            );
             None
         }
     };

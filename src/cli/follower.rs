@@ -38,7 +38,9 @@ pub fn command() -> Command {
 
 fn arg(s: &'static Setting) -> Arg {
     let help = match s.default {
-        Some(d) if !matches!(s.kind, Kind::OnByDefault | Kind::Switch) => format!("{} [default: {d}]", s.help),
+        Some(d) if !matches!(s.kind, Kind::OnByDefault | Kind::Switch) => {
+            format!("{} [default: {d}]", s.help)
+        }
         _ => s.help.to_string(),
     };
     let a = Arg::new(s.key).long(s.flag()).help(help);

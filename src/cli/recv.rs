@@ -41,6 +41,8 @@ complete records are forwarded, and the part of a record that a cut session left
 dropped with a warning (the leader sends it again when it resumes from the follower's LSN). \
 Compressed sessions are refused.
 
+With --tls server (and --tls-client-ca for client certificates) or --tls client, the link is TLS (rustls); with --auth-token-file the connecting side sends a token that the listening side requires. In listen mode a connection becomes the session only after it has finished TLS, the token and its first bytes within --handshake-timeout-secs, so silent peers never hold up the leader. SIGHUP re-reads certificates and keys. See \"Securing the link\" in the README.
+
 Logs go to stderr. The default level is warn; set RUST_LOG=info to see \"listening on ADDR\", \
 \"accepted from PEER\", \"connected to ADDR\" and the end of each session.";
 
@@ -62,6 +64,10 @@ Examples:
 
   Connect to a relay, give up after 5 failed attempts:
     qdb-recv --connect relay.example.com:9999 --max-retries 5 | qdb-apply --path db
+
+  Mutual TLS: only leaders with a certificate from leaders-ca.pem are served:
+    qdb-recv --listen 0.0.0.0:9999 --tls server --tls-cert follower.pem --tls-key follower.key \
+        --tls-client-ca leaders-ca.pem | qdb-apply --path db
 
   Secure the link with TLS terminated by socat, qdb-recv on loopback only:
     socat OPENSSL-LISTEN:9999,reuseaddr,fork,cert=follower.pem,cafile=leader-ca.pem,verify=1 \\
@@ -205,7 +211,7 @@ fn serve_listening<W: Write>(
             // Without --keep-serving the stream may be compressed: any
             // first byte proves the peer is sending.
             expect: if args.keep_serving {
-                Expect::WalHeader
+                Expect::FramedWalHeader
             } else {
                 Expect::AnyByte
             },

@@ -20,8 +20,8 @@ use crate::replica::apply::DEFAULT_MAX_PAGES;
 use crate::storage::store::FsyncPolicy;
 use crate::transport::codec::Compression;
 use crate::transport::link::LinkSettings;
-use crate::transport::tls::TlsMode;
 use crate::transport::net::Cidr;
+use crate::transport::tls::TlsMode;
 
 /// The 1.x daemon never waits less than this between connect attempts.
 pub const MIN_RECONNECT_MS: u64 = 100;

@@ -117,11 +117,7 @@ pub fn send_token<S: Read + Write>(s: &mut S, token: &Token, peer: &str) -> Resu
 
 /// Server side: read the preamble, compare, answer with the status byte.
 /// `read_exact` here relies on the caller's deadline (socket timeouts).
-pub fn check_token<S: Read + Write>(
-    s: &mut S,
-    token: &Token,
-    peer: &str,
-) -> Result<(), AuthError> {
+pub fn check_token<S: Read + Write>(s: &mut S, token: &Token, peer: &str) -> Result<(), AuthError> {
     let mut head = [0u8; 10];
     if !read_exact_or_eof(s, &mut head[..8]).map_err(io_err(peer))? || &head[..8] != AUTH_MAGIC {
         return Err(AuthError::NoPreamble {

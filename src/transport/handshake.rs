@@ -61,6 +61,9 @@ const HANDSHAKE_STACK: usize = 256 * 1024;
 pub enum Expect {
     /// A 16-byte QuiverDB 1.x WAL header (uncompressed stream).
     WalHeader,
+    /// The same, for `qdb-recv --keep-serving`, whose refusal says what
+    /// that mode needs (see [`net::SessionFramer`]).
+    FramedWalHeader,
     /// At least one byte (compressed or unknown stream).
     AnyByte,
 }
@@ -139,7 +142,10 @@ struct DeadlineIo<'a> {
 impl DeadlineIo<'_> {
     fn check(&self) -> io::Result<()> {
         if self.shutdown.load(Ordering::Relaxed) {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping on signal"));
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "stopping on signal",
+            ));
         }
         if Instant::now() >= self.deadline {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline"));
@@ -153,7 +159,11 @@ impl Read for DeadlineIo<'_> {
         loop {
             self.check()?;
             match self.s.read(buf) {
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
                 r => return r,
             }
         }
@@ -482,7 +492,9 @@ fn prove(
     let opts = &shared.opts;
     let secs = opts.timeout.as_secs();
     let timed_out = |what: &str| {
-        format!("connection from {peer}: no {what} within {secs} s (--handshake-timeout-secs); closed")
+        format!(
+            "connection from {peer}: no {what} within {secs} s (--handshake-timeout-secs); closed"
+        )
     };
     net::configure_stream(&tcp, &opts.session).map_err(|e| e.to_string())?;
     let mut stream = match &opts.tls {
@@ -511,7 +523,7 @@ fn prove(
         }
     }
     let need = match opts.expect {
-        Expect::WalHeader => WAL_HEADER_LEN,
+        Expect::WalHeader | Expect::FramedWalHeader => WAL_HEADER_LEN,
         Expect::AnyByte => 1,
     };
     let mut prefix = vec![0u8; need];
@@ -525,10 +537,19 @@ fn prove(
         Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(timed_out("WAL header")),
         Err(e) => return Err(format!("connection from {peer}: {e}")),
     }
-    if opts.expect == Expect::WalHeader {
-        if let Err(e) = check_stream_header(&prefix) {
-            return Err(format!("refused connection from {peer}: {e}"));
+    match opts.expect {
+        Expect::WalHeader => {
+            if let Err(e) = check_stream_header(&prefix) {
+                return Err(format!("refused connection from {peer}: {e}"));
+            }
         }
+        Expect::FramedWalHeader => {
+            let mut framer = net::SessionFramer::new(&peer_s);
+            if let Err(e) = framer.feed(&prefix, &mut io::sink()) {
+                return Err(e.to_string());
+            }
+        }
+        Expect::AnyByte => {}
     }
     Ok(Conn {
         stream,

@@ -12,7 +12,9 @@ use thiserror::Error;
 
 use crate::transport::auth::{AuthError, Token};
 use crate::transport::handshake::DEFAULT_HANDSHAKE_TIMEOUT_SECS;
-use crate::transport::tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles, TlsError, TlsMode};
+use crate::transport::tls::{
+    ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles, TlsError, TlsMode,
+};
 
 /// The settings as given (flags or TOML keys, merged by the caller).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +96,9 @@ impl LinkSettings {
             }
             TlsMode::Server => {
                 if !listening {
-                    return usage("--tls server needs --listen (with --connect use --tls client)".into());
+                    return usage(
+                        "--tls server needs --listen (with --connect use --tls client)".into(),
+                    );
                 }
                 let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
                     return usage("--tls server needs --tls-cert and --tls-key".into());
@@ -113,7 +117,9 @@ impl LinkSettings {
             }
             TlsMode::Client => {
                 if listening {
-                    return usage("--tls client needs --connect (with --listen use --tls server)".into());
+                    return usage(
+                        "--tls client needs --connect (with --listen use --tls server)".into(),
+                    );
                 }
                 let (Some(ca), Some(domain)) = (&self.tls_ca, &self.tls_domain) else {
                     return usage("--tls client needs --tls-ca and --tls-domain".into());

@@ -372,7 +372,8 @@ impl ServerTls {
             }
             _ => {}
         }
-        let conn = ServerConnection::new(self.config()).map_err(|e| TlsError::Config(e.to_string()))?;
+        let conn =
+            ServerConnection::new(self.config()).map_err(|e| TlsError::Config(e.to_string()))?;
         let mut s = StreamOwned::new(conn, tcp);
         handshake(&mut s.conn, &mut s.sock, &peer, deadline, shutdown)?;
         Ok(TlsStream::Server(Box::new(s)))
@@ -803,7 +804,10 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("cannot read --tls-cert /nonexistent/cert.pem"), "{e}");
+        assert!(
+            e.starts_with("cannot read --tls-cert /nonexistent/cert.pem"),
+            "{e}"
+        );
         let e = ClientTls::load(ClientTlsFiles {
             ca: "/nonexistent/ca.pem".into(),
             domain: "x".into(),
@@ -812,7 +816,10 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("cannot read --tls-ca /nonexistent/ca.pem"), "{e}");
+        assert!(
+            e.starts_with("cannot read --tls-ca /nonexistent/ca.pem"),
+            "{e}"
+        );
         let e = ClientTls::load(ClientTlsFiles {
             ca: "/nonexistent/ca.pem".into(),
             domain: "not a name!".into(),
