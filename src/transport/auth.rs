@@ -70,7 +70,13 @@ impl Token {
             path: path.to_path_buf(),
             source,
         })?;
-        let t = bytes.trim_ascii();
+        // `<[u8]>::trim_ascii` needs Rust 1.80; the MSRV is 1.75.
+        let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+        let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace());
+        let t = match (start, end) {
+            (Some(a), Some(b)) => &bytes[a..=b],
+            _ => &[][..],
+        };
         if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&t.len()) {
             return Err(AuthError::BadLength {
                 path: path.to_path_buf(),

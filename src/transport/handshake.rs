@@ -18,8 +18,9 @@
 //! leader that proves itself.
 //!
 //! Second leader: while a session is active (or one is ready and not yet
-//! taken), another connection that passes the handshake is refused and
-//! closed, with a rate-limited log line. The running session is never
+//! taken), another connection that passes the handshake waits up to
+//! [`SECOND_LEADER_GRACE`] for it to end, and is then refused and closed,
+//! with a rate-limited log line. The running session is never
 //! replaced: the follower applies one stream at a time, and a leader whose
 //! host vanished is noticed by TCP keepalive (about 60 s) or
 //! `--idle-timeout-secs`, after which the next leader is accepted.
@@ -53,6 +54,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Lines per interval for all peers together.
 pub const LOG_LINES_PER_INTERVAL: u32 = 20;
+/// How long a proven leader waits for the active session to end before it
+/// is refused: a leader that reconnects at once after its connection broke
+/// must not be refused because the daemon is still finishing the old
+/// session (draining, the last fsync, the checkpoint).
+pub const SECOND_LEADER_GRACE: Duration = Duration::from_secs(2);
 /// Handshake threads do little; a small stack keeps 64 of them cheap.
 const HANDSHAKE_STACK: usize = 256 * 1024;
 
@@ -243,7 +249,7 @@ impl PeerLog {
         let due = g
             .peers
             .get(&ip)
-            .is_none_or(|(last, _)| now.duration_since(*last) >= LOG_INTERVAL);
+            .map_or(true, |(last, _)| now.duration_since(*last) >= LOG_INTERVAL);
         if !due || g.lines >= LOG_LINES_PER_INTERVAL {
             if due {
                 g.dropped += 1;
@@ -304,6 +310,8 @@ pub struct Active {
 impl Drop for Active {
     fn drop(&mut self) {
         self.shared.lock().active = None;
+        // A proven leader may be waiting out SECOND_LEADER_GRACE.
+        self.shared.cv.notify_all();
     }
 }
 
@@ -451,13 +459,26 @@ fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     }
 }
 
-/// Hand a proven connection to the caller, unless a session is active.
+/// Hand a proven connection to the caller, unless a session is still
+/// active after [`SECOND_LEADER_GRACE`].
 fn offer(shared: &Shared, conn: Conn, peer: SocketAddr) {
     let mut g = shared.lock();
-    let busy = g
-        .active
-        .clone()
-        .or_else(|| g.ready.as_ref().map(|(_, p)| p.clone()));
+    let until = Instant::now() + SECOND_LEADER_GRACE;
+    let busy = loop {
+        let busy = g
+            .active
+            .clone()
+            .or_else(|| g.ready.as_ref().map(|(_, p)| p.clone()));
+        let left = until.saturating_duration_since(Instant::now());
+        if busy.is_none() || left.is_zero() || shared.shutdown.load(Ordering::Relaxed) {
+            break busy;
+        }
+        g = shared
+            .cv
+            .wait_timeout(g, left.min(TICK))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    };
     match busy {
         Some(other) => {
             drop(g);
