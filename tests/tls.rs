@@ -189,7 +189,7 @@ impl Proc {
             // Refusals beyond the rate limit are logged at debug.
             .env(
                 "RUST_LOG",
-                "info,quiverdb_follower::transport::handshake=debug",
+                "info,quiverdb_follower::transport::net::peerlog=debug",
             )
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
@@ -610,7 +610,7 @@ fn sighup_serves_the_renewed_certificate_without_dropping_the_session() {
     let old = first.peer_certificate().unwrap();
     first.write_all(&wal[..half]).unwrap();
     first.flush().unwrap();
-    d.wait_log("passed the handshake", Duration::from_secs(10));
+    d.wait_log("accepted from", Duration::from_secs(10));
 
     // ...the certificate is renewed and SIGHUP sent...
     pki.issue("renewed", "ca", "localhost", "serverAuth", "60", 9);

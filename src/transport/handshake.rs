@@ -26,15 +26,14 @@
 //! `--idle-timeout-secs`, after which the next leader is accepted.
 //!
 //! Refusals and failures are logged through [`PeerLog`]: at most one line
-//! per peer address per [`LOG_INTERVAL`], and at most [`LOG_LINES_PER_INTERVAL`]
+//! per peer address per [`net::LOG_INTERVAL`], and at most [`net::LOG_LINES_PER_INTERVAL`]
 //! lines in all per interval, each with the counts of what was suppressed.
 //!
 //! [`auth`]: crate::transport::auth
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,17 +42,13 @@ use crate::format::layout::WAL_HEADER_LEN;
 use crate::format::wal::check_stream_header;
 use crate::transport::auth::{self, Token};
 use crate::transport::link::Link;
-use crate::transport::net::{self, Listener, NetError, PeerStream, SessionOptions, TICK};
+use crate::transport::net::{self, Listener, NetError, PeerLog, PeerStream, SessionOptions, TICK};
 use crate::transport::tls::{ServerTls, TlsStream};
 
 /// Connections in handshake at once; more are closed at accept.
 pub const MAX_PENDING: usize = 64;
 /// Default `--handshake-timeout-secs`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
-/// One log line per peer address per interval.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// Lines per interval for all peers together.
-pub const LOG_LINES_PER_INTERVAL: u32 = 20;
 /// How long a proven leader waits for the active session to end before it
 /// is refused: a leader that reconnects at once after its connection broke
 /// must not be refused because the daemon is still finishing the old
@@ -183,95 +178,6 @@ impl Write for DeadlineIo<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.s.flush()
-    }
-}
-
-/// Rate-limited logging of refused and failed peers.
-#[derive(Debug)]
-pub struct PeerLog {
-    inner: Mutex<PeerLogInner>,
-    /// Every refusal and failure since start.
-    total: AtomicU64,
-}
-
-#[derive(Debug)]
-struct PeerLogInner {
-    /// Per address: when it was last logged, and how many were not logged since.
-    peers: HashMap<IpAddr, (Instant, u64)>,
-    window: Instant,
-    lines: u32,
-    /// Not logged because of the overall limit, in this window.
-    dropped: u64,
-}
-
-impl Default for PeerLog {
-    fn default() -> Self {
-        PeerLog {
-            inner: Mutex::new(PeerLogInner {
-                peers: HashMap::new(),
-                window: Instant::now(),
-                lines: 0,
-                dropped: 0,
-            }),
-            total: AtomicU64::new(0),
-        }
-    }
-}
-
-impl PeerLog {
-    /// Count a refusal or failure of `peer`; log `msg` at warn unless this
-    /// peer was logged within [`LOG_INTERVAL`] or the overall budget is spent.
-    pub fn warn(&self, peer: SocketAddr, msg: &dyn std::fmt::Display) {
-        let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if now.duration_since(g.window) >= LOG_INTERVAL {
-            if g.dropped > 0 {
-                log::warn!(
-                    "{} more refused or failed connections were not logged in the last {} s",
-                    g.dropped,
-                    LOG_INTERVAL.as_secs()
-                );
-            }
-            g.window = now;
-            g.lines = 0;
-            g.dropped = 0;
-        }
-        // Bounded memory under a flood from many addresses.
-        if g.peers.len() > 4096 {
-            g.peers
-                .retain(|_, (last, _)| now.duration_since(*last) < LOG_INTERVAL);
-            if g.peers.len() > 4096 {
-                g.peers.clear();
-            }
-        }
-        let ip = peer.ip();
-        let due = g
-            .peers
-            .get(&ip)
-            .map_or(true, |(last, _)| now.duration_since(*last) >= LOG_INTERVAL);
-        if !due || g.lines >= LOG_LINES_PER_INTERVAL {
-            if due {
-                g.dropped += 1;
-            }
-            g.peers.entry(ip).or_insert((now, 0)).1 += 1;
-            // Still there for whoever asks (RUST_LOG=...handshake=debug).
-            log::debug!("{msg}");
-            return;
-        }
-        g.lines += 1;
-        let suppressed = g.peers.insert(ip, (now, 0)).map_or(0, |(_, n)| n);
-        if suppressed > 0 {
-            log::warn!(
-                "{msg} ({suppressed} more from {ip} not logged; {total} refused or failed in all)"
-            );
-        } else {
-            log::warn!("{msg} ({total} refused or failed in all)");
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
     }
 }
 
@@ -492,7 +398,7 @@ fn offer(shared: &Shared, conn: Conn, peer: SocketAddr) {
         }
         None => {
             log::info!(
-                "leader {peer} passed the handshake{}; session starts",
+                "accepted from {peer}{}",
                 if conn.is_tls() { " (TLS)" } else { "" }
             );
             g.ready = Some((conn, peer.to_string()));
@@ -547,16 +453,26 @@ fn prove(
         Expect::WalHeader | Expect::FramedWalHeader => WAL_HEADER_LEN,
         Expect::AnyByte => 1,
     };
-    let mut prefix = vec![0u8; need];
-    match auth::read_exact_or_eof(&mut io, &mut prefix) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(format!(
-                "connection from {peer} closed before the stream started; nothing applied"
-            ))
+    let mut prefix = Vec::with_capacity(need);
+    let mut buf = [0u8; WAL_HEADER_LEN];
+    while prefix.len() < need {
+        match io.read(&mut buf[..need - prefix.len()]) {
+            Ok(0) => {
+                // The peer has sent all it will and closed: it can hold
+                // nothing up any more, and it passed TLS and the token. The
+                // session reports the short stream as it would any other
+                // (e.g. "input ended after N bytes").
+                return Ok(Conn {
+                    stream,
+                    prefix,
+                    pos: 0,
+                    peer: peer_s,
+                });
+            }
+            Ok(n) => prefix.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(timed_out("WAL header")),
+            Err(e) => return Err(format!("connection from {peer}: {e}")),
         }
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(timed_out("WAL header")),
-        Err(e) => return Err(format!("connection from {peer}: {e}")),
     }
     match opts.expect {
         Expect::WalHeader => {
@@ -603,22 +519,4 @@ pub fn connect_secure(
         auth::send_token(&mut io, token, peer)?;
     }
     Ok(Conn::new(stream, peer.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peer_log_counts_everything_and_bounds_lines() {
-        let log = PeerLog::default();
-        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
-        for _ in 0..1000 {
-            log.warn(a, &"x");
-        }
-        assert_eq!(log.total(), 1000);
-        let g = log.inner.lock().unwrap();
-        assert_eq!(g.lines, 1);
-        assert_eq!(g.peers[&a.ip()].1, 999);
-    }
 }

@@ -16,6 +16,7 @@
 mod allow;
 mod backoff;
 mod framer;
+mod peerlog;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -30,6 +31,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 pub use allow::{AllowList, Cidr, CidrError};
 pub use backoff::{Backoff, MIN_RECONNECT};
 pub use framer::{SessionFramer, MAX_FRAMED_PAYLOAD};
+pub use peerlog::{PeerLog, LOG_INTERVAL, LOG_LINES_PER_INTERVAL};
 
 /// The longest a blocking call sleeps before looking at the shutdown flag.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -171,6 +173,7 @@ pub struct Listener {
     listener: TcpListener,
     local: SocketAddr,
     allow: AllowList,
+    refusals: PeerLog,
 }
 
 impl Listener {
@@ -196,6 +199,7 @@ impl Listener {
                         listener,
                         local,
                         allow,
+                        refusals: PeerLog::default(),
                     });
                 }
                 Err(e) => {
@@ -214,8 +218,8 @@ impl Listener {
     }
 
     /// Wait for the next allowed peer. Peers outside the allow list are
-    /// logged ("refused connection from PEER: not in --allow list") and
-    /// closed, and the wait goes on. Logs "accepted from PEER" at info.
+    /// logged ("refused connection from PEER: not in --allow list",
+    /// rate-limited by [`PeerLog`]) and closed, and the wait goes on.
     /// Returns Ok(None) once `shutdown` is set.
     pub fn accept(
         &self,
@@ -234,13 +238,19 @@ impl Listener {
                     // A [::] socket reports IPv4 peers as ::ffff:a.b.c.d.
                     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     if !self.allow.permits(peer.ip()) {
-                        warn!("refused connection from {peer}: not in --allow list");
+                        self.refusals.warn(
+                            peer,
+                            &format_args!("refused connection from {peer}: not in --allow list"),
+                        );
                         continue;
                     }
                     // Some systems pass the listener's O_NONBLOCK on; reads
                     // rely on blocking with a timeout (configure_stream).
                     stream.set_nonblocking(false).map_err(err)?;
-                    info!("accepted from {peer}");
+                    // "accepted from" is logged once the peer has proven
+                    // itself (transport::handshake): a flood of connections
+                    // must not be a flood of info lines.
+                    log::debug!("connection from {peer}");
                     return Ok(Some((stream, peer)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
