@@ -501,6 +501,12 @@ fn config_files_of_the_1_3_alpha_follower_work_unchanged() {
     assert_matches_expected(&db, CASE);
 }
 
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let l = s.lines().find(|l| l.starts_with(field)).unwrap();
+    l.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 fn open_fds(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
@@ -539,6 +545,7 @@ fn silent_and_dripping_peers_do_not_hold_up_the_leader() {
     };
     std::thread::sleep(Duration::from_millis(500));
     let busy_fds = open_fds(d.child.id());
+    let rss_kib = vm_kib(d.child.id(), "VmRSS:");
 
     let started = Instant::now();
     send(port, &pki.client(Some("client")), None, &stream(CASE)).unwrap();
@@ -554,6 +561,11 @@ fn silent_and_dripping_peers_do_not_hold_up_the_leader() {
     assert!(
         busy_fds <= idle_fds + 50 + 10,
         "{busy_fds} fds with 50 pending peers (idle: {idle_fds})"
+    );
+    // 50 handshake threads with small stacks: a few MiB, not one per peer.
+    assert!(
+        rss_kib < 64 * 1024,
+        "{rss_kib} KiB resident with 50 pending peers"
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let drips = dripper.join().unwrap();
@@ -638,4 +650,159 @@ fn sighup_serves_the_renewed_certificate_without_dropping_the_session() {
     d.wait_log("ended: ", Duration::from_secs(20));
     assert!(d.stop().success(), "{}", d.log());
     assert_matches_expected(&db, CASE);
+}
+
+/// A TLS server in this process that sends `bytes` to one client, through
+/// the API `qdb-ship --listen --tls server` uses: `ServerTls::accept`, and
+/// the token check when `token` is set.
+fn serve_once(
+    pki: &Pki,
+    client_ca: bool,
+    token: Option<&str>,
+    bytes: Vec<u8>,
+) -> (u16, std::thread::JoinHandle<Result<(), String>>) {
+    use quiverdb_follower::tls::{ServerTls, ServerTlsFiles};
+    let server = ServerTls::load(ServerTlsFiles {
+        cert: pki.path("server.pem"),
+        key: pki.path("server.key"),
+        client_ca: client_ca.then(|| pki.path("ca.pem")),
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let token = token.map(|t| Token::from_bytes(t.as_bytes()));
+    let t = std::thread::spawn(move || {
+        let (tcp, peer) = listener.accept().map_err(|e| e.to_string())?;
+        let mut s = server
+            .accept(tcp, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        if let Some(t) = &token {
+            auth::check_token(&mut s, t, &peer.to_string()).map_err(|e| e.to_string())?;
+        }
+        s.write_all(&bytes).map_err(|e| e.to_string())?;
+        s.close().map_err(|e| e.to_string())
+    });
+    (port, t)
+}
+
+#[test]
+fn qdb_recv_connects_with_a_client_certificate_and_a_token() {
+    let pki = Pki::new();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("stream");
+    let wal = stream(CASE);
+    let (port, server) = serve_once(&pki, true, Some(TOKEN), wal.clone());
+    let args: Vec<String> = [
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--tls",
+        "client",
+        "--tls-ca",
+        &pki.p("ca.pem"),
+        "--tls-domain",
+        "localhost",
+        "--tls-cert",
+        &pki.p("client.pem"),
+        "--tls-key",
+        &pki.p("client.key"),
+        "--auth-token-file",
+        &pki.p("token"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut recv = Proc::spawn("qdb-recv", &args, Some(&out));
+    server.join().unwrap().unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = recv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "qdb-recv did not end\n{}", recv.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{}", recv.log());
+    assert!(
+        fs::read(&out).unwrap() == wal,
+        "output differs from the stream"
+    );
+}
+
+/// The real QuiverDB 1.3-alpha follower (`--tls client`) applies a stream
+/// served by our TLS server API. Skipped, with a note, when the peer build
+/// (`../shared/peers/build-quiverdb`) is not available.
+#[test]
+fn quiverdb_1_3_alpha_follower_applies_a_stream_from_our_tls_server() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/build-quiverdb");
+    let built = Command::new(&script).stderr(Stdio::null()).output();
+    let Some(qdb) = built
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.join("quiverdb-follower").exists())
+    else {
+        eprintln!("skipped: {} is not available", script.display());
+        return;
+    };
+    let pki = Pki::new();
+    let work = tempfile::tempdir().unwrap();
+    let db = work.path().join("db");
+    // The 1.3-alpha follower needs an existing database.
+    let init = Command::new(qdb.join("quiverdb"))
+        .args(["init", "--path"])
+        .arg(&db)
+        .args(["--page-size", "4096"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let (port, server) = serve_once(&pki, false, None, stream(CASE));
+    let log = work.path().join("peer.log");
+    let mut peer = Command::new(qdb.join("quiverdb-follower"))
+        .args(["--path"])
+        .arg(&db)
+        .args([
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--tls",
+            "client",
+            "--tls-ca",
+        ])
+        .arg(pki.path("ca.pem"))
+        .args(["--tls-domain", "localhost"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let peer_log = || fs::read_to_string(&log).unwrap_or_default();
+    while !server.is_finished() {
+        if let Some(st) = peer.try_wait().unwrap() {
+            panic!(
+                "the 1.3-alpha follower exited ({st}) before connecting\n{}",
+                peer_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.join().unwrap().unwrap();
+    let want: Vec<(String, Vec<u8>)> = expected_files(CASE)
+        .into_iter()
+        .filter(|(n, _)| n != "meta")
+        .collect();
+    let end = Instant::now() + Duration::from_secs(30);
+    while segment_files(&db) != want {
+        assert!(
+            Instant::now() < end,
+            "the 1.3-alpha follower's segments differ from the leader's\n{}",
+            peer_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = peer.kill();
+    let _ = peer.wait();
 }
