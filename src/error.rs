@@ -82,8 +82,18 @@ pub enum Error {
     BadMeta { path: PathBuf, reason: String },
     #[error("{} has data segment files but no meta: refusing to create a database over them (move them away, or restore the meta file)", path.display())]
     OrphanSegments { path: PathBuf },
-    #[error("the follower database {} is locked by another process (flock on {}): another qdb-apply or quiverdb-follower is running on it; stop it, or pass --wait-lock to wait", path.display(), path.join(crate::format::layout::LOCK_FILE).display())]
-    Locked { path: PathBuf },
+    #[error("the follower database {} is locked by another process (flock on {}): another qdb-apply or quiverdb-follower is running on it; {hint}", path.display(), path.join(crate::format::layout::LOCK_FILE).display())]
+    Locked {
+        path: PathBuf,
+        /// What to do about it, worded for the tool that failed.
+        hint: crate::storage::store::LockHint,
+    },
+    #[error("interrupted by a signal while waiting for the lock on the follower database {}: nothing was applied", path.display())]
+    LockWaitInterrupted { path: PathBuf },
+    #[error("{} was deleted or replaced while this process held the lock on it: another applier may now be running on the follower, so this one stops before writing anything more (make sure only one applier runs, then restart it)", path.display())]
+    LockLost { path: PathBuf },
+    #[error("the checkpoint file {} is a symbolic link: it is replaced by a rename, which would replace the link and leave its target stale; give the real file's path instead", path.display())]
+    CheckpointSymlink { path: PathBuf },
     #[error("the follower database {} stopped after an earlier local error (a failed write, fsync or rename): nothing more is applied or committed by this process; fix the cause, then restart to resume from meta.last_lsn", path.display())]
     Poisoned { path: PathBuf },
     #[error("page size {0} is not allowed by QuiverDB 1.x: use 4096, 8192, 16384 or 32768")]

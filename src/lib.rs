@@ -31,10 +31,12 @@
 //! Test support (a simulated file system with power loss, a test leader)
 //! lives outside the library, in the `testkit` crate.
 
+// Linux only: segment writeback uses sync_file_range(2) and the durability
+// argument relies on Linux's fsync semantics. Fail here, with a message,
+// rather than with an obscure missing-symbol error further down.
 #[cfg(not(target_os = "linux"))]
 compile_error!(
-    "quiverdb-follower supports Linux only (it uses sync_file_range, flock semantics and \
-     Linux socket options); build it on Linux"
+    "quiverdb-follower supports Linux only (it uses sync_file_range(2) and Linux fsync semantics); build it on Linux"
 );
 
 pub mod cli;
@@ -51,8 +53,8 @@ pub use error::{Error, Result, StreamError};
 // Storage: the file-system seam (public so that tests can inject faults),
 // segments, meta and the lock.
 pub use storage::{
-    init_db, read_meta, replace_file, write_checkpoint, write_meta, DbLock, FileIo, Fs,
-    FsyncPolicy, Meta, OpenMode, StdFs, Store,
+    check_checkpoint_path, init_db, read_meta, remove_stale_temps, replace_file, write_checkpoint,
+    write_meta, DbLock, FileIo, Fs, FsyncPolicy, Meta, OpenMode, StdFs, Store,
 };
 
 // Replication: apply a stream to a follower.

@@ -535,13 +535,23 @@ fn lsn_going_backwards() {
         (3, 3),
         "last_lsn never decreases"
     );
-    // A whole session behind the follower changes nothing at all.
+    // A whole session behind the follower changes nothing at all, and says
+    // so once (issue 12, defect 11): it usually means the wrong leader.
     let before = files(&db.path);
-    assert_ok(&run(
+    let out = run(
         &db.path,
         &[],
         stream(&[(WAL_TYPE_PAGE_IMAGE, 1, 0, page(0, 1))]),
-    ));
+    );
+    assert_eq!(out.code, 0);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.ends_with(
+            "stream LSN 1 is below the follower's last_lsn 3: every record is older than the follower; is this the right leader? (a re-initialised leader needs a re-seeded follower)\n"
+        ),
+        "{}",
+        out.stderr
+    );
     assert_eq!(files(&db.path), before);
 }
 

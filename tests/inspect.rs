@@ -737,8 +737,13 @@ fn dir_is_replaced_after_the_pages_are_durable_and_before_meta() {
         .unwrap();
     let log = log.lock().unwrap().clone();
     let at = |what: &str| log.iter().rposition(|l| l == what).unwrap();
-    assert!(at("sync data-000001.p1seg") < at("sync dir.tmp"), "{log:?}");
-    assert!(at("sync dir.tmp") < at("rename dir"), "{log:?}");
+    // dir's temporary file: `.dir.` + a random name + `.tmp`.
+    let tmp = log
+        .iter()
+        .rposition(|l| l.starts_with("sync .dir.") && l.ends_with(".tmp"))
+        .unwrap();
+    assert!(at("sync data-000001.p1seg") < tmp, "{log:?}");
+    assert!(tmp < at("rename dir"), "{log:?}");
     assert!(at("rename dir") < at("rename meta"), "{log:?}");
     assert_eq!(
         fs::read(db.join("dir")).unwrap(),

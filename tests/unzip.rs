@@ -699,8 +699,9 @@ fn zstd_long_window_is_refused_with_a_hint() {
     let zst = tool("zstd", &["-q", "-c", "--long=31"], &want);
     assert_corrupt(
         &run(&[], &zst),
-        "zstd: a frame needs a window over 128 MiB, at or after input byte 0: recompress without \
-         zstd --long (or with --long=27 or less)",
+        "zstd: a frame needs a window larger than 8 MiB (2^23 bytes), at or after input byte 0: \
+         wal-ship never needs more; for a stream made with `zstd --long=N`, raise the limit with \
+         --zstd-window-log-max N (memory grows with it)",
         "--long=31",
     );
 }

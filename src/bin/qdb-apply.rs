@@ -20,7 +20,11 @@ fn main() -> ExitCode {
         // A signal stops the intake; what is already buffered is applied and committed.
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
-    let mut follower = match Follower::open(Arc::new(StdFs), &args.path, args.options()) {
+    let mut opts = args.options();
+    // --wait-lock must end on SIGINT/SIGTERM (exit 3, nothing applied):
+    // the handlers above keep the signals from killing the process.
+    opts.stop = Some(stop.clone());
+    let mut follower = match Follower::open(Arc::new(StdFs), &args.path, opts) {
         Ok(f) => f,
         Err(e) => return cli::report_error(&e),
     };

@@ -1,5 +1,6 @@
 //! qdb-ckpt: print (or write) a follower's meta.last_lsn.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,6 +11,21 @@ use quiverdb_follower::StdFs;
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_logging("warn");
+    if let Some(file) = &args.write {
+        // Refuse a symlink (or a path without a file name) before reading
+        // anything, and clear what an interrupted write left there.
+        let ok = quiverdb_follower::check_checkpoint_path(&StdFs, file).and_then(|()| {
+            let name = file.file_name().expect("checked above");
+            let dir = match file.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            quiverdb_follower::remove_stale_temps(&StdFs, dir, name).map(|_| ())
+        });
+        if let Err(e) = ok {
+            return cli::report_error(&e);
+        }
+    }
     let m = match quiverdb_follower::read_meta(&StdFs, &args.path) {
         Ok(Some(m)) => m,
         Ok(None) => {

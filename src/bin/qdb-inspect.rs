@@ -78,7 +78,7 @@ fn run(cmd: Command, fs: Arc<dyn Fs>, out: &mut dyn Write) -> Result<ExitCode, E
                         cli::report(&format!(
                             "--hex: {key:?} is not an even number of hex digits"
                         ));
-                        return Ok(ExitCode::from(2));
+                        return Ok(ExitCode::from(cli::EXIT_USAGE));
                     }
                 }
             } else {

@@ -20,16 +20,12 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::EXIT_USAGE);
         }
     };
-    let reload = match cli::reload_flag() {
-        Ok(flag) => flag,
-        Err(e) => return cli::report(&format!("cannot install the SIGHUP handler: {e}")),
-    };
-    let shutdown = match recv::shutdown_flag() {
-        Ok(flag) => flag,
-        Err(e) => return cli::report(&format!("cannot install the SIGTERM/SIGINT handlers: {e}")),
+    let signals = match cli::signals() {
+        Ok(signals) => signals,
+        Err(e) => return cli::report(&format!("cannot install the signal handlers: {e}")),
     };
     let mut out = io::stdout().lock();
-    match recv::run(&args, &link, &mut out, &shutdown, Some(reload)) {
+    match recv::run(&args, &link, &mut out, &signals.shutdown, signals.hangup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => {
             log::info!("the reader of stdout went away; stopping");

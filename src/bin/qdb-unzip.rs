@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Ok(fd) => Box::new(File::from(fd)),
         Err(_) => Box::new(io::stdout().lock()),
     };
-    match codec::unzip(input, output, args.decompress) {
+    match codec::unzip_with(input, output, args.decompress, args.options()) {
         Ok(o) => {
             log::info!(
                 "{}: read {} bytes, wrote {} bytes",

@@ -1,8 +1,6 @@
 //! quiverdb-follower: the daemon (receive, decompress, apply in one process).
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use quiverdb_follower::cli::{self, follower::Args};
 use quiverdb_follower::config::{self, ConfigFile};
@@ -15,7 +13,7 @@ fn main() -> ExitCode {
             Ok(c) => Some(c),
             Err(e) => {
                 cli::report(&e);
-                return ExitCode::from(2);
+                return ExitCode::from(cli::EXIT_USAGE);
             }
         },
         None => None,
@@ -24,7 +22,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             cli::report(&e);
-            return ExitCode::from(2);
+            return ExitCode::from(cli::EXIT_USAGE);
         }
     };
     if args.print_config {
@@ -41,22 +39,14 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::EXIT_USAGE);
         }
     };
-    let reload = match cli::reload_flag() {
-        Ok(f) => Some(f),
+    let signals = match cli::signals() {
+        Ok(s) => s,
         Err(e) => {
-            log::warn!(
-                "cannot install the SIGHUP handler ({e}): certificates will not be reloaded"
-            );
-            None
+            cli::report(&format!("cannot install the signal handlers: {e}"));
+            return ExitCode::from(cli::EXIT_LOCAL);
         }
     };
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        // A second signal while stopping ends the process at once.
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, shutdown.clone());
-        let _ = signal_hook::flag::register(sig, shutdown.clone());
-    }
-    match quiverdb_follower::run_daemon(&settings, &link, shutdown, reload) {
+    match quiverdb_follower::run_daemon(&settings, &link, signals.shutdown, signals.hangup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             cli::report(&e);

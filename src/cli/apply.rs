@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::replica::apply::{ApplyOptions, DEFAULT_MAX_PAGES};
-use crate::storage::store::FsyncPolicy;
+use crate::storage::store::{FsyncPolicy, LockHint};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,7 +24,8 @@ A stream that ends inside a record (a partial tail) is a normal end. A corrupt r
 with an error after everything before it has been made durable.",
     after_help = "EXIT STATUS:\n  0  the stream was applied to its end (a partial tail is a normal end)\n  \
 1  the stream was bad (corrupt record, wrong page size, not a WAL stream...); the follower is intact\n  \
-2  usage error\n  3  local error (disk, permissions, lock held by another process)\n\n\
+2  usage error\n  3  local error (disk, permissions, lock held by another process or lost, \
+a signal while waiting for the lock with --wait-lock)\n\n\
 EXAMPLES:\n  qdb-apply --path ./follower < stream.wal\n  \
 qdb-recv --listen 0.0.0.0:9999 | qdb-unzip | qdb-apply --path ./follower\n  \
 ssh leader quiverdb wal-ship --path /db --since-lsn \"$(qdb-ckpt --path ./follower)\" --follow | qdb-apply --path ./follower\n\n\
@@ -76,6 +77,8 @@ impl Args {
             page_size: self.page_size,
             create: !self.no_create,
             wait_lock: self.wait_lock,
+            // qdb-apply has --wait-lock: the lock error may suggest it.
+            lock_hint: LockHint::WaitLock,
             batch_bytes: self.batch_mib.max(1) << 20,
             batch_interval: std::time::Duration::from_millis(self.batch_ms),
             buckets: self.buckets,

@@ -19,6 +19,8 @@ use crate::storage::store::FsyncPolicy;
 use crate::transport::codec::Compression;
 use std::io;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Initialise env_logger: `RUST_LOG` wins, else `default` (e.g. "warn" for the
 /// quiet pipeline tools, "info" for the daemon). Logs go to stderr.
@@ -36,10 +38,33 @@ pub fn report(err: &dyn Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// True when a write failed because the reader of our stdout went away; Unix
-/// tools treat that as a normal end, not an error.
-pub fn is_broken_pipe(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::BrokenPipe
+pub use crate::transport::is_broken_pipe;
+
+/// Exit status for a usage or configuration error (as clap uses).
+pub const EXIT_USAGE: u8 = 2;
+
+/// The signal flags of a process, registered in one place for every tool.
+pub struct Signals {
+    /// Set by SIGTERM and SIGINT: stop taking data, finish cleanly. A second
+    /// one while the first is handled ends the process at once (status 1),
+    /// in case stopping ever hangs.
+    pub shutdown: Arc<AtomicBool>,
+    /// Set by SIGHUP, which would otherwise kill the process: reload what
+    /// can be reloaded.
+    pub hangup: Arc<AtomicBool>,
+}
+
+/// Install the handlers behind [`Signals`].
+pub fn signals() -> io::Result<Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let hangup = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&shutdown))?;
+        signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
+    }
+    signal_hook::flag::register(SIGHUP, Arc::clone(&hangup))?;
+    Ok(Signals { shutdown, hangup })
 }
 
 /// Exit status for a bad stream (the follower is intact).
@@ -166,14 +191,4 @@ impl LinkArgs {
                 .unwrap_or(d.handshake_timeout_secs),
         }
     }
-}
-
-/// Exit status for a usage or configuration error.
-pub const EXIT_USAGE: u8 = 2;
-
-/// A flag that SIGHUP sets: re-read TLS certificates and keys.
-pub fn reload_flag() -> io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, flag.clone())?;
-    Ok(flag)
 }

@@ -1,7 +1,7 @@
 //! `qdb-recv`: receive a leader's WAL stream over TCP and write it to stdout.
 
-use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,13 +9,13 @@ use clap::{ArgGroup, Parser};
 use log::{info, warn};
 
 use crate::cli::LinkArgs;
-use crate::transport::handshake::{self, Acceptor, Expect, HandshakeOptions};
+use crate::transport::handshake::Expect;
 use crate::transport::link::Link;
 use crate::transport::net::{
-    configure_stream, connect_with_backoff, pump, pump_framed, sleep_unless_shutdown, AllowList,
-    Backoff, Cidr, Listener, NetError, PeerStream, PumpOutcome, SessionEnd, SessionFramer,
-    SessionOptions,
+    pump, pump_framed, AllowList, Backoff, Cidr, NetError, PeerStream, PumpOutcome, SessionEnd,
+    SessionFramer, SessionOptions,
 };
+use crate::transport::serve::{serve, After, Endpoint, Secure};
 
 const ABOUT: &str = "Receive a QuiverDB 1.x WAL stream over TCP and write it to stdout";
 
@@ -41,7 +41,11 @@ complete records are forwarded, and the part of a record that a cut session left
 dropped with a warning (the leader sends it again when it resumes from the follower's LSN). \
 Compressed sessions are refused.
 
-With --tls server (and --tls-client-ca for client certificates) or --tls client, the link is TLS (rustls); with --auth-token-file the connecting side sends a token that the listening side requires. In listen mode a connection becomes the session only after it has finished TLS, the token and its first bytes within --handshake-timeout-secs, so silent peers never hold up the leader. SIGHUP re-reads certificates and keys. See \"Securing the link\" in the README.
+With --tls server (and --tls-client-ca for client certificates) or --tls client, the link is TLS \
+(rustls); with --auth-token-file the connecting side sends a token that the listening side \
+requires. In listen mode a connection becomes the session only after it has finished TLS, the \
+token and its first bytes within --handshake-timeout-secs, so silent peers never hold up the \
+leader. SIGHUP re-reads certificates and keys. See \"Securing the link\" in the README.
 
 Logs go to stderr. The default level is warn; set RUST_LOG=info to see \"listening on ADDR\", \
 \"accepted from PEER\", \"connected to ADDR\" and the end of each session.";
@@ -66,7 +70,7 @@ Examples:
     qdb-recv --connect relay.example.com:9999 --max-retries 5 | qdb-apply --path db
 
   Mutual TLS: only leaders with a certificate from leaders-ca.pem are served:
-    qdb-recv --listen 0.0.0.0:9999 --tls server --tls-cert follower.pem --tls-key follower.key \
+    qdb-recv --listen 0.0.0.0:9999 --tls server --tls-cert follower.pem --tls-key follower.key \\
         --tls-client-ca leaders-ca.pem | qdb-apply --path db
 
   Secure the link with TLS terminated by socat, qdb-recv on loopback only:
@@ -75,7 +79,8 @@ Examples:
     qdb-recv --listen 127.0.0.1:9998 | qdb-apply --path db
 
 Exit status: 0 when the session ended (leader closed the connection, SIGTERM or SIGINT, or \
-stdout closed by the next stage); 1 on an error, reported as one line on stderr: the address \
+stdout closed by the next stage); 2 on a usage error or a bad TLS or token configuration \
+(reported before anything is bound); 1 on an error, reported as one line on stderr: the address \
 is in use, does not resolve or may not be bound, connect attempts ran out (--max-retries), \
 the idle timeout expired, or the connection failed.";
 
@@ -157,157 +162,81 @@ impl Args {
     }
 }
 
-/// A flag that SIGTERM and SIGINT set. A second signal while the first is
-/// being handled terminates at once, in case shutdown ever hangs.
-pub fn shutdown_flag() -> io::Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&flag))?;
-        signal_hook::flag::register(sig, Arc::clone(&flag))?;
-    }
-    Ok(flag)
-}
-
 /// Receive as `args` say and write the stream to `out`. Returns after one
 /// session, or with --keep-serving when `shutdown` is set or the output fails.
 /// `link` is `args.link` loaded ([`crate::transport::link::LinkSettings::load`]);
-/// `reload` (set by SIGHUP) re-reads its certificates.
+/// `hangup` (SIGHUP) re-reads its certificates.
 pub fn run<W: Write>(
     args: &Args,
     link: &Link,
     out: &mut W,
     shutdown: &Arc<AtomicBool>,
-    reload: Option<Arc<AtomicBool>>,
+    hangup: Arc<AtomicBool>,
 ) -> Result<(), NetError> {
-    match (&args.listen, &args.connect) {
-        (Some(addr), _) => serve_listening(addr, args, link, out, shutdown, reload),
-        // clap requires one of the two; an empty address fails to resolve.
-        (None, addr) => serve_connecting(
-            addr.as_deref().unwrap_or_default(),
-            args,
-            link,
-            out,
-            shutdown,
-            reload,
-        ),
-    }
-}
-
-fn serve_listening<W: Write>(
-    addr: &str,
-    args: &Args,
-    link: &Link,
-    out: &mut W,
-    shutdown: &Arc<AtomicBool>,
-    reload: Option<Arc<AtomicBool>>,
-) -> Result<(), NetError> {
-    let listener = Listener::bind(addr, AllowList(args.allow.clone()))?;
-    let acceptor = Acceptor::start(
-        listener,
-        HandshakeOptions {
-            tls: link.server.clone(),
-            token: link.token.clone(),
-            timeout: link.handshake_timeout,
-            // Without --keep-serving the stream may be compressed: any
-            // first byte proves the peer is sending.
-            expect: if args.keep_serving {
-                Expect::FramedWalHeader
-            } else {
-                Expect::AnyByte
-            },
-            session: args.session_options(),
+    let endpoint = match (&args.listen, &args.connect) {
+        (Some(addr), _) => Endpoint::Listen {
+            addr: addr.clone(),
+            allow: AllowList(args.allow.clone()),
         },
-        shutdown.clone(),
-        reload,
-    );
-    loop {
-        let Some((mut conn, peer, active)) = acceptor.next()? else {
-            return Ok(());
-        };
-        let result = session(&mut conn, &peer, args, out, shutdown);
-        drop(active);
-        if let Next::Stop = next_step(result, &peer, args.keep_serving)? {
-            return Ok(());
-        }
-    }
-}
-
-fn serve_connecting<W: Write>(
-    addr: &str,
-    args: &Args,
-    link: &Link,
-    out: &mut W,
-    shutdown: &Arc<AtomicBool>,
-    reload: Option<Arc<AtomicBool>>,
-) -> Result<(), NetError> {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(args.reconnect_ms),
-        Duration::from_millis(args.backoff_cap_ms),
-    );
-    loop {
-        let Some(stream) = connect_with_backoff(addr, &mut backoff, args.max_retries, shutdown)?
-        else {
-            return Ok(());
-        };
-        if let (Some(tls), Some(flag)) = (&link.client, &reload) {
-            if flag.swap(false, Ordering::Relaxed) {
-                match tls.reload() {
-                    Ok(()) => info!("SIGHUP: reloaded the TLS client material"),
-                    Err(e) => warn!("SIGHUP: {e}; still using the previous files"),
-                }
-            }
-        }
-        let result = configure_stream(&stream, &args.session_options())
-            .and_then(|()| handshake::connect_secure(stream, addr, link, shutdown))
-            .and_then(|mut conn| session(&mut conn, addr, args, out, shutdown));
-        match next_step(result, addr, args.keep_serving)? {
-            Next::Stop => return Ok(()),
-            Next::Again => {}
-            Next::AgainAfterFailure => {
-                let delay = backoff.next_delay();
-                info!("reconnecting to {addr} in {} ms", delay.as_millis());
-                if !sleep_unless_shutdown(delay, shutdown) {
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-/// What a serve loop does after a session.
-enum Next {
-    Stop,
-    Again,
-    /// Again, but connect mode waits first, so that a server that fails or
-    /// closes every connection at once does not make it spin.
-    AgainAfterFailure,
+        // clap requires one of the two; an empty address fails to resolve.
+        (None, addr) => Endpoint::Connect {
+            addr: addr.clone().unwrap_or_default(),
+            backoff: Backoff::new(
+                Duration::from_millis(args.reconnect_ms),
+                Duration::from_millis(args.backoff_cap_ms),
+            ),
+            max_retries: args.max_retries,
+        },
+    };
+    let secure = Secure {
+        link: link.clone(),
+        // Without --keep-serving the stream may be compressed: any first
+        // byte proves the peer is sending.
+        expect: if args.keep_serving {
+            Expect::FramedWalHeader
+        } else {
+            Expect::AnyByte
+        },
+        session: args.session_options(),
+    };
+    serve(
+        endpoint,
+        &secure,
+        shutdown,
+        hangup,
+        |_| {},
+        |mut stream, peer| {
+            let result = session(&mut stream, peer, args, out, shutdown);
+            after(result, peer, args.keep_serving)
+        },
+    )
 }
 
 /// One session per run stops after any session; --keep-serving goes on
 /// after anything but a signal or an output error (no later session could
 /// be delivered either).
-fn next_step(
+fn after(
     result: Result<PumpOutcome, NetError>,
     peer: &str,
     keep_serving: bool,
-) -> Result<Next, NetError> {
+) -> Result<After, NetError> {
     match result {
-        Ok(o) if o.ended == SessionEnd::Shutdown || !keep_serving => Ok(Next::Stop),
+        Ok(o) if o.ended == SessionEnd::Shutdown || !keep_serving => Ok(After::Stop),
         Ok(o) if o.bytes == 0 => {
             warn!("{peer} closed the connection without sending anything");
-            Ok(Next::AgainAfterFailure)
+            Ok(After::NoProgress)
         }
-        Ok(_) => Ok(Next::Again),
+        Ok(_) => Ok(After::Progress),
         Err(e) if !keep_serving || e.is_output() => Err(e),
         Err(e) => {
             warn!("{e}");
-            Ok(Next::AgainAfterFailure)
+            Ok(After::NoProgress)
         }
     }
 }
 
 /// One session on a connection that is configured and, in listen mode,
-/// proven (see [`handshake`]).
+/// proven (see [`crate::transport::handshake`]).
 fn session<S: PeerStream, W: Write>(
     stream: &mut S,
     peer: &str,

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-use crate::transport::codec::Compression;
+use crate::transport::codec::{Compression, UnzipOptions, DEFAULT_ZSTD_WINDOW_LOG_MAX};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,4 +41,21 @@ pub struct Args {
         value_name = "FORMAT"
     )]
     pub decompress: Compression,
+
+    /// Refuse zstd frames whose window is over 2^N bytes (default 23 = 8 MiB, 4x what wal-ship uses); raise it (up to 31) for a stream made with `zstd --long=N`: the decoder's memory grows to about 2^N bytes
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_ZSTD_WINDOW_LOG_MAX,
+        value_parser = clap::value_parser!(u32).range(10..=31)
+    )]
+    pub zstd_window_log_max: u32,
+}
+
+impl Args {
+    pub fn options(&self) -> UnzipOptions {
+        UnzipOptions {
+            zstd_window_log_max: self.zstd_window_log_max,
+        }
+    }
 }

@@ -28,10 +28,11 @@ use crate::replica::apply::{ApplyOptions, Follower, SessionStats};
 use crate::storage::meta;
 use crate::storage::store::{Fs, StdFs};
 use crate::transport::codec::{self, Compression};
-use crate::transport::handshake::{self, Acceptor, Conn, Expect, HandshakeOptions};
+use crate::transport::handshake::{Conn, Expect};
 use crate::transport::link::Link;
 use crate::transport::net::{self, AllowList, Backoff, NetError, SessionOptions};
 use crate::transport::pipe;
+use crate::transport::serve::{serve, After, Endpoint, Secure};
 
 /// Chunks in flight between two stages (128 KiB each): bounded memory.
 const PIPE_CHUNKS: usize = 16;
@@ -46,12 +47,12 @@ pub enum DaemonError {
 
 /// Run the daemon until `shutdown` is set (SIGTERM/SIGINT) or a local error.
 /// `link` is `settings.link` loaded (checked before anything is locked or
-/// bound); `reload`, set by SIGHUP, re-reads its certificates and keys.
+/// bound); `hangup`, set by SIGHUP, re-reads its certificates and keys.
 pub fn run(
     settings: &Settings,
     link: &Link,
     shutdown: Arc<AtomicBool>,
-    reload: Option<Arc<AtomicBool>>,
+    hangup: Arc<AtomicBool>,
 ) -> Result<(), DaemonError> {
     let fs: Arc<dyn Fs> = Arc::new(StdFs);
     let opts = ApplyOptions {
@@ -71,26 +72,63 @@ pub fn run(
         let ckpt = ckpt.clone();
         follower.set_commit_hook(move |m| ckpt.durable(m.last_lsn));
     }
-    let res = match &settings.mode {
-        Mode::Listen(addr) => serve_listen(
-            settings,
-            link,
-            addr,
-            &mut follower,
-            &ckpt,
-            &shutdown,
-            reload,
-        ),
-        Mode::Connect(addr) => serve_connect(
-            settings,
-            link,
-            addr,
-            &mut follower,
-            &ckpt,
-            &shutdown,
-            reload,
-        ),
+    let endpoint = match &settings.mode {
+        Mode::Listen(addr) => {
+            if settings.default_mode {
+                log::info!("neither --listen nor --connect given: listening on the default {addr}");
+            }
+            Endpoint::Listen {
+                addr: addr.clone(),
+                allow: AllowList(settings.allow.clone()),
+            }
+        }
+        Mode::Connect(addr) => Endpoint::Connect {
+            addr: addr.clone(),
+            backoff: Backoff::new(settings.reconnect, settings.backoff_cap),
+            max_retries: None,
+        },
     };
+    // READY=1 once the socket is bound (or connecting starts), with the
+    // follower's position as of now.
+    let ready_msg = format!("READY=1\n{}", status_line(&follower));
+    let ready = |_| notify(&ready_msg);
+    let secure = Secure {
+        link: link.clone(),
+        // Listen mode proves a connection by its first bytes too: the whole
+        // 16-byte header when the stream is uncompressed, else one byte (a
+        // compressed stream starts with its codec's header).
+        expect: match settings.decompress {
+            Compression::None => Expect::WalHeader,
+            _ => Expect::AnyByte,
+        },
+        session: session_options(settings),
+    };
+    let res = serve(
+        endpoint,
+        &secure,
+        &shutdown,
+        hangup,
+        ready,
+        |stream, peer| {
+            let stats = session(
+                settings,
+                &mut follower,
+                &ckpt,
+                stream,
+                peer.to_string(),
+                &shutdown,
+            )?;
+            Ok(if shutdown.load(Ordering::Relaxed) {
+                After::Stop
+            } else if stats.applied > 0 {
+                After::Progress
+            } else {
+                // Nothing new (an empty session, or a server replaying what the
+                // follower already holds): the connect loop waits before retrying.
+                After::NoProgress
+            })
+        },
+    );
     notify("STOPPING=1");
     ckpt.stop();
     if res.is_ok() {
@@ -100,106 +138,6 @@ pub fn run(
         );
     }
     res
-}
-
-fn session_options(settings: &Settings) -> SessionOptions {
-    SessionOptions {
-        idle_timeout: settings.idle_timeout,
-        keepalive: settings.keepalive,
-    }
-}
-
-/// Server mode: connections are proven (TLS, token, WAL header) on
-/// background threads with a deadline ([`handshake`]); only a proven one
-/// becomes the applying session, and a second proven leader is refused
-/// while a session runs.
-fn serve_listen(
-    settings: &Settings,
-    link: &Link,
-    addr: &str,
-    follower: &mut Follower,
-    ckpt: &Checkpointer,
-    shutdown: &Arc<AtomicBool>,
-    reload: Option<Arc<AtomicBool>>,
-) -> Result<(), DaemonError> {
-    if settings.default_mode {
-        log::info!("neither --listen nor --connect given: listening on the default {addr}");
-    }
-    let listener = net::Listener::bind(addr, AllowList(settings.allow.clone()))?;
-    let acceptor = Acceptor::start(
-        listener,
-        HandshakeOptions {
-            tls: link.server.clone(),
-            token: link.token.clone(),
-            timeout: link.handshake_timeout,
-            // A compressed stream's first bytes are its codec's header.
-            expect: match settings.decompress {
-                Compression::None => Expect::WalHeader,
-                _ => Expect::AnyByte,
-            },
-            session: session_options(settings),
-        },
-        shutdown.clone(),
-        reload,
-    );
-    notify_status(follower, "READY=1");
-    while let Some((conn, peer, active)) = acceptor.next()? {
-        session(settings, follower, ckpt, conn, peer, shutdown)?;
-        drop(active);
-    }
-    Ok(())
-}
-
-fn serve_connect(
-    settings: &Settings,
-    link: &Link,
-    addr: &str,
-    follower: &mut Follower,
-    ckpt: &Checkpointer,
-    shutdown: &Arc<AtomicBool>,
-    reload: Option<Arc<AtomicBool>>,
-) -> Result<(), DaemonError> {
-    notify_status(follower, "READY=1");
-    let mut backoff = Backoff::new(settings.reconnect, settings.backoff_cap);
-    loop {
-        let Some(stream) = net::connect_with_backoff(addr, &mut backoff, None, shutdown)? else {
-            return Ok(());
-        };
-        if let (Some(tls), Some(flag)) = (&link.client, &reload) {
-            if flag.swap(false, Ordering::Relaxed) {
-                match tls.reload() {
-                    Ok(()) => log::info!("SIGHUP: reloaded the TLS client material"),
-                    Err(e) => log::error!("SIGHUP: {e}; still using the previous files"),
-                }
-            }
-        }
-        let secured = net::configure_stream(&stream, &session_options(settings))
-            .and_then(|()| handshake::connect_secure(stream, addr, link, shutdown));
-        let stats = match secured {
-            Ok(conn) => session(settings, follower, ckpt, conn, addr.to_string(), shutdown)?,
-            Err(e) => {
-                log::warn!("connection to {addr} failed: {e}");
-                SessionStats::default()
-            }
-        };
-        if shutdown.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        if stats.records > 0 {
-            // The server delivered something: reconnect at once, as 1.x does.
-            backoff.reset();
-        } else {
-            // A server that accepts and closes at once must not make us spin.
-            let d = backoff.next_delay();
-            log::warn!(
-                "session with {addr} delivered no records; reconnecting in {} ms",
-                d.as_millis()
-            );
-            if !net::sleep_unless_shutdown(d, shutdown) {
-                return Ok(());
-            }
-        }
-    }
 }
 
 /// One leader connection: net -> (decode) -> apply, then a checkpoint.
@@ -212,6 +150,7 @@ fn session(
     shutdown: &Arc<AtomicBool>,
 ) -> Result<SessionStats, DaemonError> {
     let started = Instant::now();
+    // Configured when the connection was made (transport::serve).
     let sopts = session_options(settings);
     let mut stats = SessionStats::default();
     // Kept to unblock the network stage if apply stops first.
@@ -289,7 +228,7 @@ fn session(
     if follower.meta().is_some() {
         ckpt.session_end(stats.last_lsn).map_err(DaemonError::Db)?;
     }
-    notify_status(follower, "");
+    notify(&status_line(follower));
     Ok(stats)
 }
 
@@ -393,32 +332,35 @@ impl CkptInner {
     }
 }
 
-fn notify_status(follower: &Follower, extra: &str) {
-    let lsn = follower.meta().map_or(0, |m| m.last_lsn);
-    let mut msg = format!("STATUS=last_lsn={lsn}");
-    if !extra.is_empty() {
-        msg = format!("{extra}\n{msg}");
+fn session_options(settings: &Settings) -> SessionOptions {
+    SessionOptions {
+        idle_timeout: settings.idle_timeout,
+        keepalive: settings.keepalive,
     }
-    notify(&msg);
 }
 
-/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if set.
+fn status_line(follower: &Follower) -> String {
+    format!(
+        "STATUS=last_lsn={}",
+        follower.meta().map_or(0, |m| m.last_lsn)
+    )
+}
+
+/// Tell systemd (`Type=notify`) about a state change: one datagram of
+/// `KEY=VALUE` lines to `$NOTIFY_SOCKET` (a file-system path, as systemd
+/// sets it), nothing when it is unset. Failures are only logged: the
+/// follower works the same without a service manager.
 pub fn notify(msg: &str) {
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        SocketAddr::from_abstract_name(name.as_bytes())
-    } else {
-        SocketAddr::from_pathname(&path)
-    };
-    let Ok(addr) = addr else { return };
-    if let Ok(sock) = UnixDatagram::unbound() {
-        if let Err(e) = sock.send_to_addr(msg.as_bytes(), &addr) {
-            log::debug!("sd_notify to {path} failed: {e}");
-        }
+    let states: Vec<sd_notify::NotifyState> = msg
+        .lines()
+        .map(|line| match line.split_once('=') {
+            Some(("READY", "1")) => sd_notify::NotifyState::Ready,
+            Some(("STOPPING", "1")) => sd_notify::NotifyState::Stopping,
+            Some(("STATUS", status)) => sd_notify::NotifyState::Status(status),
+            _ => sd_notify::NotifyState::Custom(line),
+        })
+        .collect();
+    if let Err(e) = sd_notify::notify(false, &states) {
+        log::debug!("sd_notify failed: {e}");
     }
 }

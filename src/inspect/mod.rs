@@ -32,8 +32,6 @@ use crate::storage::dirfile;
 use crate::storage::meta::{self, Meta};
 use crate::storage::store::{DbLock, Fs, Store};
 
-pub use self::sha256::sha256;
-
 /// A database opened for reading: its meta (read once) and its pages.
 pub struct Db {
     fs: Arc<dyn Fs>,
@@ -800,7 +798,17 @@ fn check_pages(
     let mut buf = db.page_buf();
     let mut counts = [0u64; 6];
     let mut max_lsn = 0;
-    for id in 0..n {
+    let mut id = 0;
+    while id < n {
+        // Holes of a sparse segment read as zero pages: count them without
+        // reading gigabytes of zeros.
+        let holes = db.pages.hole_pages_from(id)?;
+        if holes > 0 {
+            counts[3] += holes;
+            seen.extend((0..holes).map(|_| Seen::Zero));
+            id += holes;
+            continue;
+        }
         let mut res = db.pages.read_page(id, &mut buf)?;
         if res == Err(Unreadable::CrcMismatch) {
             // It may have been read while an applier rewrote it.
@@ -843,6 +851,7 @@ fn check_pages(
             Seen::Unreadable => 5,
         }] += 1;
         seen.push(s);
+        id += 1;
     }
     r.summary.push(format!(
         "pages: {n}: {} kv with keys, {} kv empty, {} overflow, {} zero, {} other or damaged, {} unreadable",
@@ -1079,84 +1088,10 @@ fn check_overflow(db: &mut Db, live: &[u64], seen: &[Seen], r: &mut CheckReport)
     Ok(())
 }
 
-/// SHA-256 (FIPS 180-4), for the `sha256` field of scan.jsonl lines.
-mod sha256 {
-    const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-        0xc67178f2,
-    ];
-
-    fn compress(h: &mut [u32; 8], block: &[u8]) {
-        let mut w = [0u32; 64];
-        for (i, c) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes(c.try_into().unwrap());
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = *h;
-        for i in 0..64 {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let ch = (e & f) ^ (!e & g);
-            let t1 = hh
-                .wrapping_add(s1)
-                .wrapping_add(ch)
-                .wrapping_add(K[i])
-                .wrapping_add(w[i]);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let maj = (a & b) ^ (a & c) ^ (b & c);
-            let t2 = s0.wrapping_add(maj);
-            hh = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-
-    pub fn sha256(data: &[u8]) -> [u8; 32] {
-        let mut h: [u32; 8] = [
-            0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-            0x5be0cd19,
-        ];
-        let mut blocks = data.chunks_exact(64);
-        for block in &mut blocks {
-            compress(&mut h, block);
-        }
-        let rest = blocks.remainder();
-        let mut tail = [0u8; 128];
-        tail[..rest.len()].copy_from_slice(rest);
-        tail[rest.len()] = 0x80;
-        let end = if rest.len() < 56 { 64 } else { 128 };
-        tail[end - 8..end].copy_from_slice(&((data.len() as u64) * 8).to_be_bytes());
-        for block in tail[..end].chunks_exact(64) {
-            compress(&mut h, block);
-        }
-        let mut out = [0u8; 32];
-        for (o, x) in out.chunks_exact_mut(4).zip(h) {
-            o.copy_from_slice(&x.to_be_bytes());
-        }
-        out
-    }
+/// SHA-256 of a value, for the `sha256` field of scan.jsonl lines.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
 }
 
 #[cfg(test)]

@@ -18,21 +18,23 @@
 //! * the DB is locked, and created on first use if it does not exist.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result, StreamError};
 use crate::format::layout::{
-    is_valid_page_size, le_u32, WAL_HEADER_LEN, WAL_MAGIC, WAL_RECORD_HEADER_LEN, WAL_REC_OFF_LEN,
-    WAL_TYPE_TRUNCATE,
+    is_valid_page_size, le_u32, DIR_FILE, META_FILE, WAL_HEADER_LEN, WAL_MAGIC,
+    WAL_RECORD_HEADER_LEN, WAL_REC_OFF_LEN, WAL_TYPE_TRUNCATE,
 };
 use crate::format::page::{self, PageCrc};
 use crate::format::wal::{Next, RecordHeader, StreamEnd, WalReader};
 use crate::replica::heads::HeadTracker;
 use crate::storage::meta::{self, Meta};
-use crate::storage::store::{self, DbLock, Fs, FsyncPolicy, Store};
+use crate::storage::store::{self, DbLock, Fs, FsyncPolicy, LockHint, LockOptions, Store};
 use crate::transport::pipe::ChunkReader;
 
 /// Default `--max-pages`: 2^28 pages (1 TiB at 4 KiB pages, 8 TiB at 32 KiB).
@@ -52,6 +54,11 @@ pub struct ApplyOptions {
     pub create: bool,
     /// Block until the lock is free instead of failing.
     pub wait_lock: bool,
+    /// While waiting for the lock, give up when this is set (the tools'
+    /// SIGINT/SIGTERM flag): [`Error::LockWaitInterrupted`].
+    pub stop: Option<Arc<AtomicBool>>,
+    /// How the "locked by another process" error says what to do.
+    pub lock_hint: LockHint,
     /// Commit after this many bytes of applied pages.
     pub batch_bytes: u64,
     /// Commit at least this often while data flows.
@@ -71,6 +78,8 @@ impl Default for ApplyOptions {
             page_size: None,
             create: true,
             wait_lock: false,
+            stop: None,
+            lock_hint: LockHint::StopOther,
             batch_bytes: 64 << 20,
             batch_interval: Duration::from_millis(1000),
             idle_grace: Duration::from_millis(2),
@@ -184,7 +193,7 @@ type CommitHook = Box<dyn FnMut(&Meta) + Send>;
 pub struct Follower {
     fs: Arc<dyn Fs>,
     root: PathBuf,
-    _lock: DbLock,
+    lock: DbLock,
     opts: ApplyOptions,
     /// `None` until the DB exists (it is created on the first page image).
     db: Option<(Meta, Store)>,
@@ -213,6 +222,12 @@ pub struct Follower {
     /// bytes it knows, so it need not even read them back.
     trusted_lsn: u64,
     batch_pages: HashMap<u64, Option<u64>>,
+    /// This session: meta.last_lsn when it started, its first and highest
+    /// record LSN, and whether the "stream is behind" warning was given.
+    session_base: u64,
+    session_first: Option<u64>,
+    session_max: u64,
+    behind_warned: bool,
 }
 
 /// At most this many per-record warnings per session, so a hostile stream
@@ -222,7 +237,20 @@ const MAX_RECORD_WARNINGS: u32 = 10;
 impl Follower {
     /// Lock `root` and open (or, with `opts.page_size`, create) its DB.
     pub fn open(fs: Arc<dyn Fs>, root: &Path, opts: ApplyOptions) -> Result<Follower> {
-        let lock = DbLock::acquire(root, opts.wait_lock)?;
+        let lock = DbLock::acquire_with(
+            root,
+            &LockOptions {
+                wait: opts.wait_lock,
+                stop: opts.stop.clone(),
+                hint: opts.lock_hint,
+            },
+        )?;
+        // Under the lock nobody else replaces meta or dir: what an
+        // interrupted replacement left behind can go (the removal becomes
+        // durable with the folder fsync below, or at init).
+        for name in [META_FILE, DIR_FILE] {
+            meta::remove_stale_temps(&*fs, root, OsStr::new(name))?;
+        }
         let mut meta = meta::read_meta(&*fs, root)?;
         match (meta, opts.page_size) {
             (Some(m), Some(ps)) if m.page_size != ps => {
@@ -263,7 +291,7 @@ impl Follower {
         Ok(Follower {
             fs,
             root: root.to_path_buf(),
-            _lock: lock,
+            lock,
             opts,
             db,
             max_lsn,
@@ -278,6 +306,10 @@ impl Follower {
             poisoned: false,
             trusted_lsn: max_lsn,
             batch_pages: HashMap::new(),
+            session_base: 0,
+            session_first: None,
+            session_max: 0,
+            behind_warned: false,
         })
     }
 
@@ -303,7 +335,12 @@ impl Follower {
     pub fn apply<I: Input>(&mut self, input: I, stats: &mut SessionStats) -> Result<()> {
         self.check_poisoned()?;
         self.warnings = 0;
+        self.session_base = self.meta().map_or(0, |m| m.last_lsn);
+        self.session_first = None;
+        self.session_max = 0;
+        self.behind_warned = false;
         let res = self.apply_inner(input, stats);
+        self.warn_if_behind();
         let committed = match &res {
             // A local error must not be followed by a commit: it would fsync
             // again after a failed fsync, or cover the LSN of a page whose
@@ -349,6 +386,7 @@ impl Follower {
                 }
                 if !input.wait(self.opts.idle_grace) {
                     self.commit(stats)?;
+                    self.warn_if_behind();
                     break;
                 }
             }
@@ -535,6 +573,26 @@ impl Follower {
             ));
         }
         self.max_lsn = self.max_lsn.max(hdr.lsn);
+        self.session_first.get_or_insert(hdr.lsn);
+        self.session_max = self.session_max.max(hdr.lsn);
+    }
+
+    /// A session whose every record so far is at or below the follower's
+    /// last_lsn changes nothing, silently (gating skips it all): usually a
+    /// re-initialised or wrong leader. Said once per session, when the
+    /// input pauses or ends.
+    fn warn_if_behind(&mut self) {
+        let Some(first) = self.session_first else {
+            return;
+        };
+        if self.behind_warned || self.session_base == 0 || self.session_max > self.session_base {
+            return;
+        }
+        self.behind_warned = true;
+        log::warn!(
+            "stream LSN {first} is below the follower's last_lsn {}: every record is older than the follower; is this the right leader? (a re-initialised leader needs a re-seeded follower)",
+            self.session_base
+        );
     }
 
     fn warn(&mut self, msg: std::fmt::Arguments<'_>) {
@@ -578,6 +636,10 @@ impl Follower {
         let Some((meta, store)) = self.db.as_mut() else {
             return Ok(());
         };
+        // Someone deleted or replaced DIR/LOCK: a second applier may hold a
+        // lock on the new file and write the same follower. Stop before
+        // making anything more durable or visible.
+        self.lock.check_still_held()?;
         if self.dirty {
             store.sync()?;
             self.dirty = false;

@@ -30,7 +30,7 @@ pub fn read_dir(fs: &dyn Fs, root: &Path) -> Result<Option<Directory>> {
     }
 }
 
-/// Replace `<root>/dir` atomically (dir.tmp, fsync, rename, folder fsync).
+/// Replace `<root>/dir` atomically (exclusive temporary file, fsync, rename, folder fsync).
 pub fn write_dir(fs: &dyn Fs, root: &Path, dir: &Directory) -> Result<()> {
-    replace_file(fs, root, DIR_TMP_FILE, DIR_FILE, &dir.encode())
+    replace_file(fs, root, std::ffi::OsStr::new(DIR_FILE), &dir.encode())
 }

@@ -1,12 +1,14 @@
 //! meta v3 (spec §2): parse, encode, atomic replacement; and the checkpoint
 //! file, which is replaced the same way.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::layout::*;
-use crate::storage::store::{Fs, OpenMode};
+use crate::storage::store::Fs;
 
 /// The 41-byte meta v3 header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,65 +107,128 @@ pub fn read_meta(fs: &dyn Fs, root: &Path) -> Result<Option<Meta>> {
         .map_err(|reason| Error::BadMeta { path, reason })
 }
 
-/// Replace `<root>/meta` atomically, exactly as 1.x does (§2): remove
-/// meta.tmp, write it whole, fsync it, rename it over meta, fsync the folder.
-/// Unlike 1.x we do not ignore a failing folder fsync: until it succeeds the
-/// rename may not survive a crash, so the caller must not report the new
-/// last_lsn as durable.
+/// Replace `<root>/meta` atomically, as 1.x does (§2) but through a
+/// temporary file with an unpredictable name: write it whole, fsync it,
+/// rename it over meta, fsync the folder. Unlike 1.x we do not ignore a
+/// failing folder fsync: until it succeeds the rename may not survive a
+/// crash, so the caller must not report the new last_lsn as durable.
 pub fn write_meta(fs: &dyn Fs, root: &Path, meta: &Meta) -> Result<()> {
-    replace_file(fs, root, META_TMP_FILE, META_FILE, &meta.encode())
+    replace_file(fs, root, OsStr::new(META_FILE), &meta.encode())
 }
 
 /// Write a checkpoint file: last_lsn as decimal ASCII without a newline (the
-/// 1.x daemon's format), replaced atomically through `<file>.tmp`.
+/// 1.x daemon's format), replaced atomically. The path is used as given,
+/// bytes and all (a non-UTF-8 name is written under that very name). A
+/// symbolic link is refused ([`Error::CheckpointSymlink`]): the rename would
+/// replace the link itself and leave its target stale.
 pub fn write_checkpoint(fs: &dyn Fs, file: &Path, last_lsn: u64) -> Result<()> {
+    let (dir, name) = checkpoint_parts(fs, file)?;
+    replace_file(fs, &dir, name, last_lsn.to_string().as_bytes())
+}
+
+/// Check a checkpoint path before any work is done (a tool's startup): it
+/// has a file name, and is not a symbolic link.
+pub fn check_checkpoint_path(fs: &dyn Fs, file: &Path) -> Result<()> {
+    checkpoint_parts(fs, file).map(|_| ())
+}
+
+fn checkpoint_parts<'a>(fs: &dyn Fs, file: &'a Path) -> Result<(PathBuf, &'a OsStr)> {
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = file
-        .file_name()
-        .ok_or_else(|| {
-            Error::io(
-                "checkpoint file has no file name:",
-                file,
-                io::Error::from(io::ErrorKind::InvalidInput),
-            )
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = format!("{name}.tmp");
-    replace_file(fs, &dir, &tmp, &name, last_lsn.to_string().as_bytes())
+    let name = file.file_name().ok_or_else(|| {
+        Error::io(
+            "checkpoint file has no file name:",
+            file,
+            io::Error::from(io::ErrorKind::InvalidInput),
+        )
+    })?;
+    if fs.is_symlink(file) {
+        return Err(Error::CheckpointSymlink {
+            path: file.to_path_buf(),
+        });
+    }
+    Ok((dir, name))
 }
 
-/// tmp + write + fsync + rename + fsync(folder).
-pub fn replace_file(
-    fs: &dyn Fs,
-    dir: &Path,
-    tmp_name: &str,
-    name: &str,
-    bytes: &[u8],
-) -> Result<()> {
-    let tmp = dir.join(tmp_name);
+/// The temporary files `replace_file` makes for `name`: `.NAME.` + 12
+/// random characters + `.tmp`.
+fn temp_affixes(name: &OsStr) -> (OsString, &'static str) {
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    (prefix, ".tmp")
+}
+
+/// Exclusive temporary file with an unpredictable name in `dir` + write +
+/// fsync + rename over `dir/name` + fsync(folder). The temporary file is
+/// never a name another user could have planted (no symlink is followed).
+pub fn replace_file(fs: &dyn Fs, dir: &Path, name: &OsStr, bytes: &[u8]) -> Result<()> {
     let dst = dir.join(name);
-    match fs.remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("cannot remove", tmp, e)),
+    let (prefix, suffix) = temp_affixes(name);
+    let (tmp, mut f) = fs
+        .create_temp(dir, &prefix, suffix)
+        .map_err(|e| Error::io("cannot create a temporary file in", dir, e))?;
+    let res = (|| {
+        f.write_all_at(bytes, 0)
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| Error::io("cannot fsync", &tmp, e))?;
+        drop(f);
+        fs.rename(&tmp, &dst)
+            .map_err(|e| Error::io("cannot rename into place", &dst, e))
+    })();
+    if res.is_err() {
+        // Best effort: a later open removes what is left (remove_stale_temps).
+        let _ = fs.remove_file(&tmp);
     }
-    let mut f = fs
-        .open(&tmp, OpenMode::CreateTruncate)
-        .map_err(|e| Error::io("cannot create", &tmp, e))?;
-    f.write_all_at(bytes, 0)
-        .map_err(|e| Error::io("cannot write", &tmp, e))?;
-    f.sync_all()
-        .map_err(|e| Error::io("cannot fsync", &tmp, e))?;
-    drop(f);
-    fs.rename(&tmp, &dst)
-        .map_err(|e| Error::io("cannot rename into place", &dst, e))?;
+    res?;
     fs.sync_dir(dir)
         .map_err(|e| Error::io("cannot fsync folder", dir, e))?;
     Ok(())
+}
+
+/// Remove the temporary files an interrupted `replace_file` of `dir/name`
+/// left behind (only names of our own pattern, plus the fixed `NAME.tmp`
+/// of earlier versions). Call it only while nothing else may be replacing
+/// that file (under the DB lock, or for a checkpoint at a tool's start).
+/// Returns how many were removed; the removals become durable with the
+/// next folder fsync.
+pub fn remove_stale_temps(fs: &dyn Fs, dir: &Path, name: &OsStr) -> Result<usize> {
+    let (prefix, suffix) = temp_affixes(name);
+    let prefix = prefix.as_bytes();
+    let mut legacy = name.to_os_string();
+    legacy.push(".tmp");
+    let legacy = legacy.as_bytes();
+    let names = match fs.list_dir(dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    };
+    let mut removed = 0;
+    for n in names {
+        let b = n.as_bytes();
+        let ours = (b.len() > prefix.len() + suffix.len()
+            && b.starts_with(prefix)
+            && b.ends_with(suffix.as_bytes()))
+            || b == legacy;
+        if !ours {
+            continue;
+        }
+        let path = dir.join(&n);
+        match fs.remove_file(&path) {
+            Ok(()) => {
+                log::info!("removed {}, left by an interrupted write", path.display());
+                removed += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Housekeeping only (the name is never written to again): a
+            // leftover that cannot be removed must not stop the follower.
+            Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

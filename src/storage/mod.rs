@@ -14,7 +14,10 @@ use crate::error::Result;
 use crate::format::kv::PageSource;
 use crate::format::page::Unreadable;
 
-pub use meta::{read_meta, replace_file, write_checkpoint, write_meta, Meta};
+pub use meta::{
+    check_checkpoint_path, read_meta, remove_stale_temps, replace_file, write_checkpoint,
+    write_meta, Meta,
+};
 pub use store::{init_db, DbLock, FileIo, Fs, FsyncPolicy, OpenMode, StdFs, Store};
 
 impl PageSource for Store {

@@ -5,11 +5,14 @@
 //! can inject faults (short writes, ENOSPC, EIO on fsync, failing renames)
 //! into the real code paths; [`StdFs`] is the real implementation.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fs2::FileExt as _;
 
@@ -42,6 +45,11 @@ pub trait FileIo: Send {
     /// fdatasync: data plus the metadata needed to read it back (the size).
     fn sync_data(&mut self) -> io::Result<()>;
     fn sync_all(&mut self) -> io::Result<()>;
+    /// The first offset at or after `off` that may hold data (`None`: only
+    /// a hole follows). The default knows of no holes.
+    fn next_data(&self, off: u64) -> io::Result<Option<u64>> {
+        Ok(Some(off))
+    }
     /// Start writing a range back to disk without waiting for it, so the
     /// next fsync has little left to do. Only a hint: durability still
     /// comes from `sync_data`.
@@ -57,6 +65,65 @@ pub trait Fs: Send + Sync {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+
+    /// Create a new file in `dir` named `prefix` + random characters +
+    /// `suffix`, exclusively (O_CREAT|O_EXCL: an existing name, a symlink
+    /// included, is never opened), for a file that is then renamed into
+    /// place. A predictable name would let another local user plant a
+    /// symlink there and have us overwrite its target.
+    fn create_temp(
+        &self,
+        dir: &Path,
+        prefix: &std::ffi::OsStr,
+        suffix: &str,
+    ) -> io::Result<(PathBuf, Box<dyn FileIo>)> {
+        loop {
+            let mut name = prefix.to_os_string();
+            name.push(random_name());
+            name.push(suffix);
+            let path = dir.join(name);
+            match self.open(&path, OpenMode::CreateNew) {
+                Ok(f) => return Ok((path, f)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Names of the entries of `dir` (for removing our stale temporary files).
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect()
+    }
+
+    /// Is `path` a symbolic link (not followed)?
+    fn is_symlink(&self, path: &Path) -> bool {
+        fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+    }
+}
+
+/// Twelve characters that another process cannot guess: std's randomly
+/// seeded hasher, the time, the pid and a counter.
+fn random_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    let mut v = h.finish();
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    (0..12)
+        .map(|_| {
+            let c = ALPHABET[(v % 62) as usize] as char;
+            v /= 62;
+            c
+        })
+        .collect()
 }
 
 /// The real file system.
@@ -83,6 +150,21 @@ impl FileIo for StdFile {
     }
     fn sync_all(&mut self) -> io::Result<()> {
         self.0.sync_all()
+    }
+    fn next_data(&self, off: u64) -> io::Result<Option<u64>> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: lseek on an fd we own; positional I/O never uses the offset.
+        let r = unsafe { libc::lseek(self.0.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            // A file system without SEEK_DATA: assume data everywhere.
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some(off)),
+            _ => Err(e),
+        }
     }
     fn start_writeback(&mut self, off: u64, len: u64) {
         use std::os::fd::AsRawFd;
@@ -131,18 +213,87 @@ impl Fs for StdFs {
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
+    fn create_temp(
+        &self,
+        dir: &Path,
+        prefix: &std::ffi::OsStr,
+        suffix: &str,
+    ) -> io::Result<(PathBuf, Box<dyn FileIo>)> {
+        use std::os::unix::fs::PermissionsExt;
+        // The mode a plain create gets (0666 less the umask), not tempfile's
+        // 0600: QuiverDB tools running as another user must read meta.
+        let (file, path) = tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(suffix)
+            .permissions(fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)?
+            .keep()
+            .map_err(|e| e.error)?;
+        Ok((path, Box::new(StdFile(file))))
+    }
 }
+
+/// What the "locked by another process" error tells the user to do: each
+/// tool has its own way out (the daemon has no `--wait-lock`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockHint {
+    /// Tools with a `--wait-lock` flag (qdb-apply, qdb-inspect rebuild-dir).
+    WaitLock,
+    /// The daemon, and library users: stop the other process first.
+    #[default]
+    StopOther,
+}
+
+impl std::fmt::Display for LockHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LockHint::WaitLock => "stop it, or pass --wait-lock to wait",
+            LockHint::StopOther => {
+                "stop it first: only one applier may run on a follower (check `systemctl status` and `pgrep -a qdb-apply`)"
+            }
+        })
+    }
+}
+
+/// How [`DbLock::acquire_with`] takes the lock.
+#[derive(Clone, Debug, Default)]
+pub struct LockOptions {
+    /// Wait until the lock is free instead of failing at once.
+    pub wait: bool,
+    /// While waiting, give up as soon as this is set (a signal handler's
+    /// flag): a blocking `flock` would sleep through SIGTERM.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// What the error says when the lock is held and `wait` is false.
+    pub hint: LockHint,
+}
+
+/// How often a waiter with a stop flag retries the lock.
+const LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// The exclusive `flock` on `<root>/LOCK` (§8), held until dropped. The same
 /// file and mechanism as QuiverDB 1.x, so 1.x readers and writers see it.
 #[derive(Debug)]
 pub struct DbLock {
-    _file: File,
+    file: File,
+    path: PathBuf,
 }
 
 impl DbLock {
-    /// Take the lock; with `wait` false, fail at once if another process holds it.
+    /// Take the lock; with `wait` false, fail at once if another process
+    /// holds it (the error suggests `--wait-lock`).
     pub fn acquire(root: &Path, wait: bool) -> Result<DbLock> {
+        DbLock::acquire_with(
+            root,
+            &LockOptions {
+                wait,
+                stop: None,
+                hint: LockHint::WaitLock,
+            },
+        )
+    }
+
+    /// Take the lock as `opts` says.
+    pub fn acquire_with(root: &Path, opts: &LockOptions) -> Result<DbLock> {
         fs::create_dir_all(root).map_err(|e| Error::io("cannot create folder", root, e))?;
         let path = root.join(LOCK_FILE);
         // create+read+write and never truncate, as 1.x opens it.
@@ -153,23 +304,57 @@ impl DbLock {
             .create(true)
             .open(&path)
             .map_err(|e| Error::io("cannot open lock file", &path, e))?;
-        let res = if wait {
-            file.lock_exclusive()
-        } else {
-            file.try_lock_exclusive()
-        };
-        match res {
-            Ok(()) => Ok(DbLock { _file: file }),
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.raw_os_error() == Some(libc::EWOULDBLOCK) =>
-            {
-                Err(Error::Locked {
-                    path: root.to_path_buf(),
-                })
+        loop {
+            let res = if opts.wait && opts.stop.is_none() {
+                file.lock_exclusive()
+            } else {
+                file.try_lock_exclusive()
+            };
+            match res {
+                Ok(()) => return Ok(DbLock { file, path }),
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::EWOULDBLOCK) =>
+                {
+                    if !opts.wait {
+                        return Err(Error::Locked {
+                            path: root.to_path_buf(),
+                            hint: opts.hint,
+                        });
+                    }
+                    if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                        return Err(Error::LockWaitInterrupted {
+                            path: root.to_path_buf(),
+                        });
+                    }
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(e) => return Err(Error::io("cannot lock", path, e)),
             }
-            Err(e) => Err(Error::io("cannot lock", path, e)),
         }
+    }
+
+    /// Check that `DIR/LOCK` is still the file this lock is on. If someone
+    /// deleted or replaced it, a second applier can lock the new file while
+    /// we run, and two appliers damage the follower: the caller must stop
+    /// before writing anything more.
+    pub fn check_still_held(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let held = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat lock file", &self.path, e))?;
+        let lost = match fs::metadata(&self.path) {
+            Ok(m) => m.dev() != held.dev() || m.ino() != held.ino(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => return Err(Error::io("cannot stat lock file", &self.path, e)),
+        };
+        if lost {
+            return Err(Error::LockLost {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -275,6 +460,31 @@ struct Segment {
     file: Box<dyn FileIo>,
     len: u64,
     dirty: bool,
+    /// The cache's clock when it was last used (for LRU eviction).
+    used: u64,
+}
+
+/// Most segment files a store keeps open at once, whatever the limit on
+/// open files: a follower of any size needs only this many descriptors.
+pub const DEFAULT_MAX_OPEN_SEGMENTS: usize = 64;
+
+/// How many segment files a store may keep open in this process: at most
+/// [`DEFAULT_MAX_OPEN_SEGMENTS`], and at most a quarter of the soft
+/// `RLIMIT_NOFILE` (the rest is for sockets, pipes, meta, the lock, and
+/// several stores), but at least 4.
+pub fn max_open_segments() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    let quarter = usize::try_from(soft / 4).unwrap_or(usize::MAX);
+    quarter.clamp(4, DEFAULT_MAX_OPEN_SEGMENTS)
 }
 
 /// What `read_page` concludes from a page's bytes: v2 pages must pass their CRC.
@@ -305,8 +515,14 @@ pub struct Store {
     root: PathBuf,
     page_size: u32,
     pages_per_seg: u64,
-    /// Index `seg_no - 1`; opened lazily.
-    segs: Vec<Option<Segment>>,
+    /// The open segment files, by segment number: a bounded cache
+    /// (`max_open`, least recently used out). A segment written since the
+    /// last sync is fsynced before its handle is closed, so every segment
+    /// outside the cache is clean and `sync` need only look at the cache.
+    segs: HashMap<u64, Segment>,
+    max_open: usize,
+    /// The cache's clock.
+    clock: u64,
     next_page_id: u64,
     fsync: FsyncPolicy,
     /// A segment file was created since the last sync: the folder needs an fsync.
@@ -348,7 +564,9 @@ impl Store {
             root: root.to_path_buf(),
             page_size: meta.page_size,
             pages_per_seg: pages_per_segment(meta.page_size),
-            segs: Vec::new(),
+            segs: HashMap::new(),
+            max_open: max_open_segments(),
+            clock: 0,
             next_page_id: meta.next_page_id,
             fsync,
             dir_dirty: false,
@@ -365,7 +583,17 @@ impl Store {
         s
     }
 
-    /// Length of segment `seg_no` when first opened; `None` if it is missing.
+    /// Keep at most `n` (at least 1) segment files open.
+    pub fn set_max_open_segments(&mut self, n: usize) {
+        self.max_open = n.max(1);
+    }
+
+    /// Segment files open right now.
+    pub fn open_segments(&self) -> usize {
+        self.segs.len()
+    }
+
+    /// Length of segment `seg_no`; `None` if it is missing.
     pub fn segment_len(&mut self, seg_no: u64) -> Result<Option<u64>> {
         Ok(self.segment(seg_no, false)?.map(|s| s.len))
     }
@@ -392,43 +620,87 @@ impl Store {
         self.root.join(segment_file_name(seg_no))
     }
 
-    /// The open segment, opening (and with `create`, creating) it on first use.
+    /// The open segment, opening (and with `create`, creating) it on first
+    /// use; the least recently used handle is closed first when the cache
+    /// is full.
     fn segment(&mut self, seg_no: u64, create: bool) -> Result<Option<&mut Segment>> {
-        let idx = (seg_no - 1) as usize;
-        if self.segs.len() <= idx {
-            self.segs.resize_with(idx + 1, || None);
-        }
-        if self.segs[idx].is_none() {
-            let path = self.seg_path(seg_no);
-            debug_assert!(
-                !(create && self.read_only),
-                "write through a read-only store"
+        self.clock += 1;
+        let clock = self.clock;
+        if !self.segs.contains_key(&seg_no) {
+            let Some((file, len)) = self.open_segment(seg_no, create)? else {
+                return Ok(None);
+            };
+            while self.segs.len() >= self.max_open {
+                self.evict_one()?;
+            }
+            self.segs.insert(
+                seg_no,
+                Segment {
+                    file,
+                    len,
+                    dirty: false,
+                    used: clock,
+                },
             );
-            let mode = if self.read_only {
-                OpenMode::Read
-            } else if create {
-                if !self.fs.exists(&path) {
-                    self.dir_dirty = true;
-                }
-                OpenMode::Create
-            } else {
-                OpenMode::ReadWrite
-            };
-            let file = match self.fs.open(&path, mode) {
-                Ok(f) => f,
-                Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::io("cannot open", path, e)),
-            };
-            let len = file
-                .size()
-                .map_err(|e| Error::io("cannot stat", &path, e))?;
-            self.segs[idx] = Some(Segment {
-                file,
-                len,
-                dirty: false,
-            });
         }
-        Ok(self.segs[idx].as_mut())
+        let seg = self.segs.get_mut(&seg_no).expect("present");
+        seg.used = clock;
+        Ok(Some(seg))
+    }
+
+    /// Open segment `seg_no` outside the cache: its handle and length.
+    fn open_segment(
+        &mut self,
+        seg_no: u64,
+        create: bool,
+    ) -> Result<Option<(Box<dyn FileIo>, u64)>> {
+        let path = self.seg_path(seg_no);
+        debug_assert!(
+            !(create && self.read_only),
+            "write through a read-only store"
+        );
+        let mode = if self.read_only {
+            OpenMode::Read
+        } else if create {
+            if !self.fs.exists(&path) {
+                // Kept apart from the handle: the folder is fsynced at the
+                // next sync even if this handle is closed before it.
+                self.dir_dirty = true;
+            }
+            OpenMode::Create
+        } else {
+            OpenMode::ReadWrite
+        };
+        let file = match self.fs.open(&path, mode) {
+            Ok(f) => f,
+            Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("cannot open", path, e)),
+        };
+        let len = file
+            .size()
+            .map_err(|e| Error::io("cannot stat", &path, e))?;
+        Ok(Some((file, len)))
+    }
+
+    /// Close the least recently used handle, fsyncing it first if it was
+    /// written since the last sync: the next commit's meta must not cover
+    /// pages that only a closed handle's fsync could have made durable.
+    fn evict_one(&mut self) -> Result<()> {
+        let Some((&seg_no, _)) = self.segs.iter().min_by_key(|(_, s)| s.used) else {
+            return Ok(());
+        };
+        if self.run.seg_no == seg_no && !self.run.buf.is_empty() {
+            // Never evicted in practice (the run's segment was just used),
+            // but its pages must reach this handle before it closes.
+            self.flush_run()?;
+        }
+        let mut seg = self.segs.remove(&seg_no).expect("present");
+        if seg.dirty && self.fsync != FsyncPolicy::Never {
+            seg.file
+                .sync_data()
+                .map_err(|e| Error::io("cannot fsync", self.seg_path(seg_no), e))?;
+        }
+        Ok(())
     }
 
     /// Read page `id` the way 1.x `read_page` does (bounds, segment present
@@ -472,6 +744,32 @@ impl Store {
         Ok(check_read(buf))
     }
 
+    /// How many pages from `id` on (within its segment and below
+    /// next_page_id) lie in a hole of their segment file, so read as zeros
+    /// without reading them: a sparse follower of N segments holds N x 32
+    /// MiB of holes that `qdb-inspect check` need not read. 0 when unknown.
+    pub fn hole_pages_from(&mut self, id: u64) -> Result<u64> {
+        if id >= self.next_page_id || !self.run.buf.is_empty() {
+            return Ok(0);
+        }
+        let (seg_no, off) = self.locate(id);
+        let ps = u64::from(self.page_size);
+        let seg_end = self.pages_per_seg * ps;
+        let Some(seg) = self.segment(seg_no, false)? else {
+            return Ok(0);
+        };
+        let len = seg.len.min(seg_end);
+        if len < off + ps {
+            return Ok(0);
+        }
+        let data = match seg.file.next_data(off) {
+            Ok(d) => d.unwrap_or(len).min(len),
+            Err(_) => return Ok(0),
+        };
+        let pages = data.saturating_sub(off) / ps;
+        Ok(pages.min(self.next_page_id - id))
+    }
+
     /// Make page `id` addressable (1.x `ensure_allocated`, §6.2): beyond the
     /// logical end, grow next_page_id to id+1, creating every segment before
     /// the page's own at full length. Must be followed by `write_page(id)`:
@@ -499,6 +797,22 @@ impl Store {
         }
         let path = self.seg_path(seg_no);
         let always = self.fsync == FsyncPolicy::Always;
+        if !self.segs.contains_key(&seg_no) {
+            // A segment skipped over by a page far beyond the end (1.x sets
+            // it to full length): growing it through the cache would push
+            // out the handles in use, so it gets a handle of its own, made
+            // durable and closed at once.
+            let (mut file, len) = self.open_segment(seg_no, true)?.expect("created");
+            if len < want {
+                file.set_len(want)
+                    .map_err(|e| Error::io("cannot extend", &path, e))?;
+                if self.fsync != FsyncPolicy::Never {
+                    file.sync_data()
+                        .map_err(|e| Error::io("cannot fsync", &path, e))?;
+                }
+            }
+            return Ok(());
+        }
         let seg = self.segment(seg_no, true)?.expect("created");
         if seg.len >= want {
             return Ok(());
@@ -581,16 +895,21 @@ impl Store {
         if self.fsync == FsyncPolicy::Never {
             return Ok(());
         }
-        for (i, seg) in self.segs.iter_mut().enumerate() {
-            if let Some(seg) = seg {
-                if seg.dirty {
-                    let path = self.root.join(segment_file_name(i as u64 + 1));
-                    seg.file
-                        .sync_data()
-                        .map_err(|e| Error::io("cannot fsync", &path, e))?;
-                    seg.dirty = false;
-                }
-            }
+        // Segments outside the cache are clean (fsynced when evicted).
+        let mut dirty: Vec<u64> = self
+            .segs
+            .iter()
+            .filter(|(_, s)| s.dirty)
+            .map(|(&n, _)| n)
+            .collect();
+        dirty.sort_unstable();
+        for seg_no in dirty {
+            let path = self.seg_path(seg_no);
+            let seg = self.segs.get_mut(&seg_no).expect("present");
+            seg.file
+                .sync_data()
+                .map_err(|e| Error::io("cannot fsync", &path, e))?;
+            seg.dirty = false;
         }
         if self.dir_dirty {
             // New segment files need their directory entry durable too.
@@ -612,8 +931,19 @@ impl Store {
         }
         let (last_seg, _) = self.locate(self.next_page_id - 1);
         for seg_no in 1..=last_seg {
-            if let Some(seg) = self.segment(seg_no, false)? {
+            if let Some(seg) = self.segs.get_mut(&seg_no) {
                 seg.dirty = true;
+                continue;
+            }
+            // Through a handle of its own, not the cache: a large follower
+            // has more segments than the cache holds.
+            let path = self.seg_path(seg_no);
+            match self.fs.open(&path, OpenMode::ReadWrite) {
+                Ok(mut f) => f
+                    .sync_data()
+                    .map_err(|e| Error::io("cannot fsync", &path, e))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("cannot open", path, e)),
             }
         }
         self.dir_dirty = true;

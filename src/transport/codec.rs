@@ -259,13 +259,16 @@ pub enum CodecError {
          and the link, and that the leader really sends zstd"
     )]
     CorruptZstd { offset: u64, detail: String },
-    /// The frame declares a window over the 128 MiB this decoder allows
-    /// (memory stays bounded); wal-ship never does this, `zstd --long` can.
+    /// The frame declares a window over the limit (2^`log_max` bytes): the
+    /// decoder would allocate and touch that much memory. wal-ship never
+    /// needs more than the default limit; `zstd --long=N` can.
     #[error(
-        "zstd: a frame needs a window over 128 MiB, at or after input byte {offset}: recompress \
-         without zstd --long (or with --long=27 or less)"
+        "zstd: a frame needs a window larger than {} (2^{log_max} bytes), at or after input byte \
+         {offset}: wal-ship never needs more; for a stream made with `zstd --long=N`, raise the \
+         limit with --zstd-window-log-max N (memory grows with it)",
+        mib(*log_max)
     )]
-    ZstdWindowTooLarge { offset: u64 },
+    ZstdWindowTooLarge { offset: u64, log_max: u32 },
     /// Reading the input failed (connection reset, I/O error...).
     #[error("reading the input failed: {0}: check the sender and the connection")]
     Read(#[source] io::Error),
@@ -279,6 +282,39 @@ impl CodecError {
     /// as a normal end, not an error.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, CodecError::Write(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+fn mib(log: u32) -> String {
+    if log >= 20 {
+        format!("{} MiB", 1u64 << (log - 20))
+    } else {
+        format!("{} KiB", 1u64 << log.saturating_sub(10))
+    }
+}
+
+/// Default cap on a zstd frame's window: 2^23 = 8 MiB. wal-ship compresses
+/// at zstd level 0 (= 3), whose window is 2^21 on a stream of unknown size
+/// (and the zstd CLI's default levels 1–19 stay at or below 2^23), so this
+/// leaves 4x headroom while keeping a decoder's memory near 10 MiB. The
+/// library's old implicit cap was zstd's default 2^27, which let a
+/// `zstd --long=27` stream or a bomb take ~140 MB.
+pub const DEFAULT_ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// zstd's own bounds for the window log on 64-bit targets.
+pub const ZSTD_WINDOW_LOG_RANGE: std::ops::RangeInclusive<u32> = 10..=31;
+
+/// Decoder settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnzipOptions {
+    /// Refuse zstd frames whose window exceeds 2^this bytes.
+    pub zstd_window_log_max: u32,
+}
+
+impl Default for UnzipOptions {
+    fn default() -> Self {
+        UnzipOptions {
+            zstd_window_log_max: DEFAULT_ZSTD_WINDOW_LOG_MAX,
+        }
     }
 }
 
@@ -307,9 +343,19 @@ pub struct UnzipOutcome {
 /// are decoded to their end. Input that does not match `mode` is refused
 /// before anything is written.
 pub fn unzip<R: Read, W: Write>(
+    input: R,
+    output: W,
+    mode: Compression,
+) -> Result<UnzipOutcome, CodecError> {
+    unzip_with(input, output, mode, UnzipOptions::default())
+}
+
+/// [`unzip`] with explicit settings (the zstd window cap).
+pub fn unzip_with<R: Read, W: Write>(
     mut input: R,
     output: W,
     mode: Compression,
+    opts: UnzipOptions,
 ) -> Result<UnzipOutcome, CodecError> {
     let mut buf = vec![0u8; INPUT_BUF];
     // Read just enough to classify the input. wal-ship's first flush holds
@@ -342,7 +388,7 @@ pub fn unzip<R: Read, W: Write>(
     let mut sink = Sink::new(output, format);
     let mut decoder = match format {
         Compression::Gzip => Decoder::Gzip(Box::new(GzipDecoder::new())),
-        Compression::Zstd => Decoder::Zstd(ZstdDecoder::new()),
+        Compression::Zstd => Decoder::Zstd(ZstdDecoder::new(opts.zstd_window_log_max)),
         _ => Decoder::Raw,
     };
     let mut bytes_in = 0u64;
@@ -890,6 +936,7 @@ impl GzipDecoder {
 
 struct ZstdDecoder {
     dctx: zstd::zstd_safe::DCtx<'static>,
+    window_log_max: u32,
     /// Bytes of a frame have been fed and its end not reached yet.
     in_frame: bool,
     frames: u64,
@@ -897,11 +944,17 @@ struct ZstdDecoder {
 }
 
 impl ZstdDecoder {
-    fn new() -> Self {
+    fn new(window_log_max: u32) -> Self {
+        let log =
+            window_log_max.clamp(*ZSTD_WINDOW_LOG_RANGE.start(), *ZSTD_WINDOW_LOG_RANGE.end());
+        let mut dctx = zstd::zstd_safe::DCtx::create();
+        // The window is the decoder's memory: capped so that a legal but
+        // huge window (`zstd --long`) or a bomb cannot take 128 MiB.
+        dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(log))
+            .expect("a window log within zstd's range");
         ZstdDecoder {
-            // The default window limit (128 MiB) bounds memory; zstd's own
-            // CLI refuses larger windows without --long too.
-            dctx: zstd::zstd_safe::DCtx::create(),
+            dctx,
+            window_log_max: log,
             in_frame: false,
             frames: 0,
             out: vec![0; OUTPUT_BUF],
@@ -960,7 +1013,10 @@ impl ZstdDecoder {
         let window =
             zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge;
         if code.wrapping_neg() == window as usize {
-            return CodecError::ZstdWindowTooLarge { offset };
+            return CodecError::ZstdWindowTooLarge {
+                offset,
+                log_max: self.window_log_max,
+            };
         }
         let detail = if self.frames > 0 && !self.in_frame {
             format!(

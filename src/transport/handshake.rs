@@ -228,14 +228,13 @@ impl Shared {
 }
 
 impl Acceptor {
-    /// Start accepting on `listener`. With TLS and a `reload` flag (set by
-    /// SIGHUP), certificates and keys are re-read when the flag is set;
-    /// handshakes after that use them, sessions already running keep theirs.
+    /// Start accepting on `listener`. Certificates are re-read through
+    /// `opts.tls` ([`ServerTls::reload`]); handshakes after a reload use the
+    /// new ones, sessions already running keep theirs.
     pub fn start(
         listener: Listener,
         opts: HandshakeOptions,
         shutdown: Arc<AtomicBool>,
-        reload: Option<Arc<AtomicBool>>,
     ) -> Acceptor {
         let local = listener.local_addr();
         let shared = Arc::new(Shared {
@@ -246,20 +245,6 @@ impl Acceptor {
             opts,
             shutdown,
         });
-        if let (Some(tls), Some(flag)) = (shared.opts.tls.clone(), reload) {
-            let stop = shared.shutdown.clone();
-            thread::Builder::new()
-                .name("tls-reload".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        if flag.swap(false, Ordering::Relaxed) {
-                            reload_server(&tls);
-                        }
-                        thread::sleep(TICK);
-                    }
-                })
-                .expect("spawn tls-reload thread");
-        }
         let s = shared.clone();
         thread::Builder::new()
             .name("accept".into())

@@ -316,6 +316,8 @@ struct State {
     rules: Vec<Rule>,
     fired: u64,
     log: Vec<OpEvent>,
+    /// Names handed out by `create_temp`.
+    temp_seq: u64,
 }
 
 fn power_lost() -> io::Error {
@@ -798,6 +800,45 @@ impl Fs for SimFs {
     fn exists(&self, path: &Path) -> bool {
         let st = self.lock();
         st.names.contains_key(path) || st.dirs.contains(path)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        let st = self.lock();
+        st.check_alive()?;
+        if !st.dirs.contains(dir) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        Ok(st
+            .names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+            .collect())
+    }
+
+    fn create_temp(
+        &self,
+        dir: &Path,
+        prefix: &std::ffi::OsStr,
+        suffix: &str,
+    ) -> io::Result<(PathBuf, Box<dyn FileIo>)> {
+        // Deterministic names, so that a failing run can be replayed.
+        let seq = {
+            let mut st = self.lock();
+            st.temp_seq += 1;
+            st.temp_seq
+        };
+        let mut name = prefix.to_os_string();
+        name.push(format!("sim{seq:09}"));
+        name.push(suffix);
+        let path = dir.join(name);
+        let f = self.open(&path, OpenMode::CreateNew)?;
+        Ok((path, f))
+    }
+
+    fn is_symlink(&self, _path: &Path) -> bool {
+        // The model has no symbolic links.
+        false
     }
 }
 

@@ -102,7 +102,7 @@ impl NetError {
 
     /// The output's reader went away (EPIPE): a normal end for a Unix filter.
     pub fn is_broken_pipe(&self) -> bool {
-        matches!(self, NetError::Output(e) if crate::cli::is_broken_pipe(e))
+        matches!(self, NetError::Output(e) if super::is_broken_pipe(e))
     }
 }
 
