@@ -806,3 +806,31 @@ fn quiverdb_1_3_alpha_follower_applies_a_stream_from_our_tls_server() {
     let _ = peer.kill();
     let _ = peer.wait();
 }
+
+#[test]
+fn qdb_recv_connect_gives_up_on_a_server_it_cannot_verify() {
+    // A server whose certificate is from another CA than --tls-ca.
+    let pki = Pki::new();
+    let other = Pki::new();
+    let (port, server) = serve_once(&other, false, None, stream(CASE));
+    let o = run_timeout(
+        "qdb-recv",
+        &[
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--max-retries",
+            "0",
+            "--tls",
+            "client",
+            "--tls-ca",
+            &pki.p("ca.pem"),
+            "--tls-domain",
+            "localhost",
+        ],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_one_line_error(&o, 1, "not signed by the trusted CA");
+    assert!(stdout(&o).is_empty());
+    let _ = server.join();
+}

@@ -107,6 +107,9 @@ pub fn serve<E: From<NetError>>(
             max_retries,
         } => {
             ready(None);
+            // Failed TLS handshakes or refused tokens in a row: they count
+            // against `max_retries` like failed connects.
+            let mut refused = 0u32;
             loop {
                 let Some(stream) =
                     connect_with_backoff(&addr, &mut backoff, max_retries, shutdown)?
@@ -117,10 +120,17 @@ pub fn serve<E: From<NetError>>(
                     handshake::connect_secure(stream, &addr, &secure.link, shutdown)
                 });
                 let after = match secured {
-                    Ok(conn) => session(conn, &addr)?,
+                    Ok(conn) => {
+                        refused = 0;
+                        session(conn, &addr)?
+                    }
                     Err(e) => {
                         // Like a failed connect: the server or its
                         // certificate may be fixed by the next attempt.
+                        refused += 1;
+                        if max_retries.is_some_and(|max| refused > max) {
+                            return Err(e.into());
+                        }
                         warn!("{e}");
                         After::NoProgress
                     }

@@ -646,6 +646,11 @@ fn describe(e: &rustls::Error) -> String {
         E::InvalidCertificate(CertificateError::UnknownIssuer) => {
             "its certificate is not signed by the trusted CA (--tls-client-ca / --tls-ca): unknown issuer".into()
         }
+        // An issuer with the trusted CA's name but another key.
+        E::InvalidCertificate(CertificateError::BadSignature) => {
+            "its certificate is not signed by the trusted CA (--tls-client-ca / --tls-ca): the signature does not verify"
+                .into()
+        }
         E::InvalidCertificate(CertificateError::Expired)
         | E::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
             "its certificate has expired".into()
@@ -658,7 +663,7 @@ fn describe(e: &rustls::Error) -> String {
         | E::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
             "its certificate is not valid for --tls-domain".into()
         }
-        E::InvalidCertificate(c) => format!("its certificate was refused: {c:?}"),
+        E::InvalidCertificate(_) => format!("its certificate was refused ({e})"),
         E::AlertReceived(AlertDescription::CertificateRequired) => {
             "the peer requires a client certificate (give --tls-cert and --tls-key)".into()
         }
