@@ -11,7 +11,7 @@
 //! | format | `format/` | QuiverDB 1.x bytes: constants, WAL records, pages, KV pages, `dir` ([`format`](mod@format), public) |
 //! | storage | `storage/` | the follower's files: the [`Fs`] seam, segments ([`Store`]), `meta`, the lock, atomic replacement |
 //! | replication | `replica/` | gating and the durability order ([`Follower`]), the complete LSN, inferred bucket heads, backup restore ([`restore_dir`]) and failover ([`promote()`]) |
-//! | transport | `transport/` | TCP, gzip/zstd decoding, bounded pipes between threads |
+//! | transport | `transport/` | TCP, TLS and tokens, handshakes with a deadline, gzip/zstd decoding, bounded pipes between threads |
 //! | read side | `inspect/` | `qdb-inspect`: check, dump, get, pages, rebuild-dir ([`inspect`]) |
 //! | leader side | `leader/` | `qdb-ship`: WAL tail, catch-up scan of the segments, server mode ([`leader`]) |
 //!
@@ -74,6 +74,7 @@ pub use replica::restore::{
 pub use transport::codec::{self, Compression};
 pub use transport::net::{self, SessionOptions};
 pub use transport::pipe;
+pub use transport::{auth, handshake, link, tls};
 
 // The daemon.
 pub use daemon::{config, run as run_daemon, DaemonError};

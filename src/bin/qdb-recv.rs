@@ -11,12 +11,21 @@ fn main() -> ExitCode {
     let args = recv::Args::parse();
     // Quiet by default like any filter; RUST_LOG=info shows the connection story.
     cli::init_logging("warn");
-    let shutdown = match cli::signals() {
-        Ok(signals) => signals.shutdown,
-        Err(e) => return cli::report(&format!("cannot install the SIGTERM/SIGINT handlers: {e}")),
+    // Checked and read before anything is bound: a bad TLS or token setup is
+    // a usage error (exit 2), never a receiver that refuses every leader.
+    let link = match args.link.settings().load(args.listen.is_some()) {
+        Ok(l) => l,
+        Err(e) => {
+            cli::report(&e);
+            return ExitCode::from(cli::EXIT_USAGE);
+        }
+    };
+    let signals = match cli::signals() {
+        Ok(signals) => signals,
+        Err(e) => return cli::report(&format!("cannot install the signal handlers: {e}")),
     };
     let mut out = io::stdout().lock();
-    match recv::run(&args, &mut out, &shutdown) {
+    match recv::run(&args, &link, &mut out, &signals.shutdown, signals.hangup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => {
             log::info!("the reader of stdout went away; stopping");

@@ -29,6 +29,16 @@ fn main() -> ExitCode {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
     }
+    // Certificates, keys and the token are read and checked here, before the
+    // database is locked or the port bound: a bad TLS setup is exit 2.
+    let listening = matches!(settings.mode, config::Mode::Listen(_));
+    let link = match settings.link.load(listening) {
+        Ok(l) => l,
+        Err(e) => {
+            cli::report(&e);
+            return ExitCode::from(cli::EXIT_USAGE);
+        }
+    };
     let signals = match cli::signals() {
         Ok(s) => s,
         Err(e) => {
@@ -36,7 +46,7 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::EXIT_LOCAL);
         }
     };
-    match quiverdb_follower::run_daemon(&settings, signals.shutdown, signals.hangup) {
+    match quiverdb_follower::run_daemon(&settings, &link, signals.shutdown, signals.hangup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             cli::report(&e);

@@ -38,14 +38,14 @@ pub fn command() -> Command {
 
 fn arg(s: &'static Setting) -> Arg {
     let help = match s.default {
-        Some(d) if !matches!(s.kind, Kind::OnByDefault | Kind::OffByDefault) => {
+        Some(d) if !matches!(s.kind, Kind::OnByDefault | Kind::Switch) => {
             format!("{} [default: {d}]", s.help)
         }
         _ => s.help.to_string(),
     };
     let a = Arg::new(s.key).long(s.flag()).help(help);
     let a = match s.kind {
-        Kind::OnByDefault | Kind::OffByDefault => a.action(ArgAction::SetTrue),
+        Kind::OnByDefault | Kind::Switch => a.action(ArgAction::SetTrue),
         Kind::List => a
             .value_name(s.value_name)
             .action(ArgAction::Append)
@@ -89,7 +89,7 @@ impl Args {
             }
             let v = match s.kind {
                 Kind::OnByDefault => Value::Bool(!m.get_flag(s.key)),
-                Kind::OffByDefault => Value::Bool(m.get_flag(s.key)),
+                Kind::Switch => Value::Bool(m.get_flag(s.key)),
                 Kind::List => Value::List(
                     m.get_many::<String>(s.key)
                         .map(|i| i.cloned().collect())

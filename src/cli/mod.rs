@@ -125,3 +125,73 @@ impl clap::ValueEnum for Compression {
         Some(PossibleValue::new(self.as_str()).help(help))
     }
 }
+/// The link's security flags, shared by `qdb-recv` and the daemon. All
+/// optional, so that the daemon can tell what the command line set (CLI >
+/// config file > defaults); names and values as QuiverDB 1.3-alpha's
+/// follower, plus this project's additions.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LinkArgs {
+    /// TLS on the link: none (plain TCP), server (accept TLS; with --listen), client (connect with TLS; with
+    /// --connect) [default: none]
+    #[arg(long, value_name = "MODE", value_parser = ["none", "server", "client"])]
+    pub tls: Option<String>,
+
+    /// Server mode: this side's certificate chain (PEM, leaf first). Client mode: a client certificate to
+    /// present, for a server with --tls-client-ca
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC); must match the certificate
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Client mode: the CA certificate(s) (PEM) that sign the server's certificate
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client mode: the name the server's certificate must be valid for (also sent as SNI)
+    #[arg(long, value_name = "NAME")]
+    pub tls_domain: Option<String>,
+
+    /// Server mode: require every client to present a certificate signed by this CA (PEM): mutual TLS
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Shared token (16 to 1024 bytes; surrounding whitespace ignored): the connecting side sends it, the
+    /// listening side requires it (docs/protocol.md). Needs TLS unless --allow-plaintext-token
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<std::path::PathBuf>,
+
+    /// Allow --auth-token-file on a link without TLS (the token then travels in the clear)
+    #[arg(long)]
+    pub allow_plaintext_token: bool,
+
+    /// Close a connection that has not finished TLS, the token and the 16-byte WAL header within SECS
+    /// [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+}
+
+impl LinkArgs {
+    /// The settings with defaults for what the command line left out.
+    pub fn settings(&self) -> crate::transport::link::LinkSettings {
+        let d = crate::transport::link::LinkSettings::default();
+        crate::transport::link::LinkSettings {
+            // clap allows only the three values.
+            tls: self
+                .tls
+                .as_deref()
+                .map_or(d.tls, |t| t.parse().unwrap_or_default()),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_domain: self.tls_domain.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
+            auth_token_file: self.auth_token_file.clone(),
+            allow_plaintext_token: self.allow_plaintext_token,
+            handshake_timeout_secs: self
+                .handshake_timeout_secs
+                .unwrap_or(d.handshake_timeout_secs),
+        }
+    }
+}

@@ -1,18 +1,21 @@
 //! `qdb-recv`: receive a leader's WAL stream over TCP and write it to stdout.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use log::{info, warn};
 
+use crate::cli::LinkArgs;
+use crate::transport::handshake::Expect;
+use crate::transport::link::Link;
 use crate::transport::net::{
-    configure_stream, pump, pump_framed, AllowList, Backoff, Cidr, NetError, PumpOutcome,
-    SessionEnd, SessionFramer, SessionOptions,
+    pump, pump_framed, AllowList, Backoff, Cidr, NetError, PeerStream, PumpOutcome, SessionEnd,
+    SessionFramer, SessionOptions,
 };
-use crate::transport::serve::{serve, After, Endpoint};
+use crate::transport::serve::{serve, After, Endpoint, Secure};
 
 const ABOUT: &str = "Receive a QuiverDB 1.x WAL stream over TCP and write it to stdout";
 
@@ -38,6 +41,12 @@ complete records are forwarded, and the part of a record that a cut session left
 dropped with a warning (the leader sends it again when it resumes from the follower's LSN). \
 Compressed sessions are refused.
 
+With --tls server (and --tls-client-ca for client certificates) or --tls client, the link is TLS \
+(rustls); with --auth-token-file the connecting side sends a token that the listening side \
+requires. In listen mode a connection becomes the session only after it has finished TLS, the \
+token and its first bytes within --handshake-timeout-secs, so silent peers never hold up the \
+leader. SIGHUP re-reads certificates and keys. See \"Securing the link\" in the README.
+
 Logs go to stderr. The default level is warn; set RUST_LOG=info to see \"listening on ADDR\", \
 \"accepted from PEER\", \"connected to ADDR\" and the end of each session.";
 
@@ -60,13 +69,18 @@ Examples:
   Connect to a relay, give up after 5 failed attempts:
     qdb-recv --connect relay.example.com:9999 --max-retries 5 | qdb-apply --path db
 
+  Mutual TLS: only leaders with a certificate from leaders-ca.pem are served:
+    qdb-recv --listen 0.0.0.0:9999 --tls server --tls-cert follower.pem --tls-key follower.key \\
+        --tls-client-ca leaders-ca.pem | qdb-apply --path db
+
   Secure the link with TLS terminated by socat, qdb-recv on loopback only:
     socat OPENSSL-LISTEN:9999,reuseaddr,fork,cert=follower.pem,cafile=leader-ca.pem,verify=1 \\
         TCP:127.0.0.1:9998 &
     qdb-recv --listen 127.0.0.1:9998 | qdb-apply --path db
 
 Exit status: 0 when the session ended (leader closed the connection, SIGTERM or SIGINT, or \
-stdout closed by the next stage); 1 on an error, reported as one line on stderr: the address \
+stdout closed by the next stage); 2 on a usage error or a bad TLS or token configuration \
+(reported before anything is bound); 1 on an error, reported as one line on stderr: the address \
 is in use, does not resolve or may not be bound, connect attempts ran out (--max-retries), \
 the idle timeout expired, or the connection failed.";
 
@@ -140,6 +154,9 @@ pub struct Args {
     /// streams only: forwards only complete records, drops a record cut off by a session's end.
     #[arg(long)]
     pub keep_serving: bool,
+
+    #[command(flatten)]
+    pub link: LinkArgs,
 }
 
 impl Args {
@@ -153,7 +170,15 @@ impl Args {
 
 /// Receive as `args` say and write the stream to `out`. Returns after one
 /// session, or with --keep-serving when `shutdown` is set or the output fails.
-pub fn run<W: Write>(args: &Args, out: &mut W, shutdown: &AtomicBool) -> Result<(), NetError> {
+/// `link` is `args.link` loaded ([`crate::transport::link::LinkSettings::load`]);
+/// `hangup` (SIGHUP) re-reads its certificates.
+pub fn run<W: Write>(
+    args: &Args,
+    link: &Link,
+    out: &mut W,
+    shutdown: &Arc<AtomicBool>,
+    hangup: Arc<AtomicBool>,
+) -> Result<(), NetError> {
     let endpoint = match (&args.listen, &args.connect) {
         (Some(addr), _) => Endpoint::Listen {
             addr: addr.clone(),
@@ -169,9 +194,22 @@ pub fn run<W: Write>(args: &Args, out: &mut W, shutdown: &AtomicBool) -> Result<
             max_retries: args.max_retries,
         },
     };
+    let secure = Secure {
+        link: link.clone(),
+        // Without --keep-serving the stream may be compressed: any first
+        // byte proves the peer is sending.
+        expect: if args.keep_serving {
+            Expect::FramedWalHeader
+        } else {
+            Expect::AnyByte
+        },
+        session: args.session_options(),
+    };
     serve(
         endpoint,
+        &secure,
         shutdown,
+        hangup,
         |_| {},
         |mut stream, peer| {
             if let (Some(dir), Some(_)) = (&args.resume_from, &args.connect) {
@@ -185,7 +223,7 @@ pub fn run<W: Write>(args: &Args, out: &mut W, shutdown: &AtomicBool) -> Result<
 
 /// The resume request of docs/protocol.md, with DIR's complete LSN. A
 /// failure is logged: the server then serves from its own --since-lsn.
-fn send_resume_request(stream: &mut std::net::TcpStream, dir: &std::path::Path) {
+fn send_resume_request(stream: &mut impl Write, dir: &std::path::Path) {
     let fs = crate::storage::store::StdFs;
     let lsn = crate::storage::meta::read_meta(&fs, dir)
         .and_then(|m| crate::replica::complete::load(&fs, dir, m.as_ref()));
@@ -223,15 +261,16 @@ fn after(
     }
 }
 
-fn session<W: Write>(
-    stream: &mut TcpStream,
+/// One session on a connection that is configured and, in listen mode,
+/// proven (see [`crate::transport::handshake`]).
+fn session<S: PeerStream, W: Write>(
+    stream: &mut S,
     peer: &str,
     args: &Args,
     out: &mut W,
     shutdown: &AtomicBool,
 ) -> Result<PumpOutcome, NetError> {
     let opts = args.session_options();
-    configure_stream(stream, &opts)?;
     let outcome = if args.keep_serving {
         let mut framer = SessionFramer::new(peer);
         let result = pump_framed(stream, &mut framer, out, &opts, shutdown);

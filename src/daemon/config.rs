@@ -19,7 +19,9 @@ use thiserror::Error;
 use crate::replica::apply::DEFAULT_MAX_PAGES;
 use crate::storage::store::FsyncPolicy;
 use crate::transport::codec::Compression;
+use crate::transport::link::LinkSettings;
 use crate::transport::net::Cidr;
+use crate::transport::tls::TlsMode;
 
 /// The 1.x daemon never waits less than this between connect attempts.
 pub const MIN_RECONNECT_MS: u64 = 100;
@@ -53,6 +55,9 @@ pub struct Settings {
     pub buckets: Option<u32>,
     /// Connect mode: send qdb-ship's resume request (docs/protocol.md).
     pub resume_request: bool,
+    /// TLS, token and handshake settings; loaded and checked by
+    /// [`LinkSettings::load`] before the daemon binds or locks anything.
+    pub link: LinkSettings,
 }
 
 /// The shape of a setting's value, shared by the command line and TOML.
@@ -69,7 +74,7 @@ pub enum Kind {
     /// A switch that is on by default: the flag is `--no-KEY`, the TOML value a boolean.
     OnByDefault,
     /// A switch that is off by default: the flag is `--KEY`, the TOML value a boolean.
-    OffByDefault,
+    Switch,
     /// A repeatable flag; a TOML array of strings.
     List,
 }
@@ -182,6 +187,7 @@ fn words(s: &[&str]) -> String {
 
 const FSYNC_WORDS: &[&str] = &["batch", "always", "never"];
 const DECOMPRESS_WORDS: &[&str] = &["none", "gzip", "zstd", "auto"];
+const TLS_WORDS: &[&str] = &["none", "server", "client"];
 
 /// Every daemon setting. The order is the order of `--help` and of
 /// `--print-config`.
@@ -403,7 +409,7 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "resume_request",
-        kind: Kind::OffByDefault,
+        kind: Kind::Switch,
         value_name: "",
         default: Some("false"),
         help: "With --connect to a `qdb-ship --listen` server: first send a resume request with the complete LSN, so the server resumes after it (docs/protocol.md). Off by default: a server that never reads it and closes the connection makes the kernel reset it, which can cut the stream's tail",
@@ -415,6 +421,134 @@ pub static SETTINGS: &[Setting] = &[
             other => Err(format!("{} is not true or false", other.text())),
         },
         show: |s| Some(s.resume_request.to_string()),
+    },
+    // TLS and authentication. The first five keys and their values are
+    // QuiverDB 1.3-alpha's follower's, so its config files work unchanged.
+    Setting {
+        key: "tls",
+        kind: Kind::Choice(TLS_WORDS),
+        value_name: "MODE",
+        default: Some("none"),
+        help: "TLS on the link: none (plain TCP), server (accept TLS; with --listen), client (connect with TLS; with --connect)",
+        set: |s, v| {
+            s.link.tls = v.text().parse::<TlsMode>()?;
+            Ok(())
+        },
+        show: |s| Some(toml_str(s.link.tls.as_str())),
+    },
+    Setting {
+        key: "tls_cert",
+        kind: Kind::Path,
+        value_name: "FILE",
+        default: None,
+        help: "Server mode: this side's certificate chain (PEM, leaf first). Client mode: a client certificate to present, for a server with --tls-client-ca",
+        set: |s, v| {
+            s.link.tls_cert = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| s.link.tls_cert.as_ref().map(|f| toml_str(&f.to_string_lossy())),
+    },
+    Setting {
+        key: "tls_key",
+        kind: Kind::Path,
+        value_name: "FILE",
+        default: None,
+        help: "The private key of --tls-cert (PEM: PKCS#8, RSA or EC); must match the certificate",
+        set: |s, v| {
+            s.link.tls_key = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| s.link.tls_key.as_ref().map(|f| toml_str(&f.to_string_lossy())),
+    },
+    Setting {
+        key: "tls_ca",
+        kind: Kind::Path,
+        value_name: "FILE",
+        default: None,
+        help: "Client mode: the CA certificate(s) (PEM) that sign the server's certificate",
+        set: |s, v| {
+            s.link.tls_ca = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| s.link.tls_ca.as_ref().map(|f| toml_str(&f.to_string_lossy())),
+    },
+    Setting {
+        key: "tls_domain",
+        kind: Kind::Text,
+        value_name: "NAME",
+        default: None,
+        help: "Client mode: the name the server's certificate must be valid for (also sent as SNI)",
+        set: |s, v| {
+            let d = v.text().trim().to_string();
+            if d.is_empty() {
+                return Err("must not be empty".into());
+            }
+            s.link.tls_domain = Some(d);
+            Ok(())
+        },
+        show: |s| s.link.tls_domain.as_deref().map(toml_str),
+    },
+    Setting {
+        key: "tls_client_ca",
+        kind: Kind::Path,
+        value_name: "FILE",
+        default: None,
+        help: "Server mode: require every leader to present a certificate signed by this CA (PEM): mutual TLS",
+        set: |s, v| {
+            s.link.tls_client_ca = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| {
+            s.link
+                .tls_client_ca
+                .as_ref()
+                .map(|f| toml_str(&f.to_string_lossy()))
+        },
+    },
+    Setting {
+        key: "auth_token_file",
+        kind: Kind::Path,
+        value_name: "FILE",
+        default: None,
+        help: "Shared token (16 to 1024 bytes): the connecting side sends it, the listening side requires it (docs/protocol.md); needs TLS unless --allow-plaintext-token",
+        set: |s, v| {
+            s.link.auth_token_file = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| {
+            s.link
+                .auth_token_file
+                .as_ref()
+                .map(|f| toml_str(&f.to_string_lossy()))
+        },
+    },
+    Setting {
+        key: "allow_plaintext_token",
+        kind: Kind::Switch,
+        value_name: "",
+        default: None,
+        help: "Allow --auth-token-file on a link without TLS (the token then travels in the clear)",
+        set: |s, v| {
+            s.link.allow_plaintext_token = matches!(v, Value::Bool(true));
+            Ok(())
+        },
+        show: |s| Some(s.link.allow_plaintext_token.to_string()),
+    },
+    Setting {
+        key: "handshake_timeout_secs",
+        kind: Kind::Number,
+        value_name: "SECS",
+        default: Some("10"),
+        help: "Close a connection that has not finished TLS, the token and the 16-byte WAL header within SECS",
+        set: |s, v| {
+            let secs: u64 = number(v)?;
+            if secs == 0 {
+                return Err("must be at least 1".into());
+            }
+            s.link.handshake_timeout_secs = secs;
+            Ok(())
+        },
+        show: |s| Some(s.link.handshake_timeout_secs.to_string()),
     },
 ];
 
@@ -572,8 +706,8 @@ fn toml_value(s: &Setting, raw: &toml::Value) -> Result<Value, String> {
             .map(Value::Number)
             .map_err(|_| format!("{n} is negative")),
         (Kind::Number, _) => Err(want("u64")),
-        (Kind::OnByDefault | Kind::OffByDefault, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
-        (Kind::OnByDefault | Kind::OffByDefault, _) => Err(want("a boolean")),
+        (Kind::OnByDefault | Kind::Switch, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
+        (Kind::OnByDefault | Kind::Switch, _) => Err(want("a boolean")),
         (Kind::List, toml::Value::Array(items)) => items
             .iter()
             .map(|i| {
@@ -605,11 +739,12 @@ fn defaults() -> Settings {
         keepalive: true,
         buckets: None,
         resume_request: false,
+        link: LinkSettings::default(),
     };
     for setting in SETTINGS {
         if let Some(d) = setting.default {
             let v = match setting.kind {
-                Kind::OnByDefault | Kind::OffByDefault => Value::Bool(d == "true"),
+                Kind::OnByDefault | Kind::Switch => Value::Bool(d == "true"),
                 _ => Value::Text(d.into()),
             };
             (setting.set)(&mut s, &v).expect("built-in defaults are valid");

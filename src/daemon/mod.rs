@@ -12,7 +12,7 @@
 
 pub mod config;
 
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,9 +28,11 @@ use crate::replica::apply::{ApplyOptions, Follower, SessionStats};
 use crate::storage::meta;
 use crate::storage::store::{Fs, StdFs};
 use crate::transport::codec::{self, Compression};
+use crate::transport::handshake::{Conn, Expect};
+use crate::transport::link::Link;
 use crate::transport::net::{self, AllowList, Backoff, NetError, SessionOptions};
 use crate::transport::pipe;
-use crate::transport::serve::{serve, After, Endpoint};
+use crate::transport::serve::{serve, After, Endpoint, Secure};
 
 /// Chunks in flight between two stages (128 KiB each): bounded memory.
 const PIPE_CHUNKS: usize = 16;
@@ -44,12 +46,14 @@ pub enum DaemonError {
 }
 
 /// Run the daemon until `shutdown` is set (SIGTERM/SIGINT) or a local error.
+/// `link` is `settings.link` loaded (checked before anything is locked or
+/// bound); `hangup`, set by SIGHUP, re-reads its certificates and keys.
 pub fn run(
     settings: &Settings,
+    link: &Link,
     shutdown: Arc<AtomicBool>,
     hangup: Arc<AtomicBool>,
 ) -> Result<(), DaemonError> {
-    watch_hangup(hangup, shutdown.clone());
     let fs: Arc<dyn Fs> = Arc::new(StdFs);
     let opts = ApplyOptions {
         fsync: settings.fsync,
@@ -90,35 +94,54 @@ pub fn run(
     // follower's position as of now.
     let ready_msg = format!("READY=1\n{}", status_line(&follower));
     let ready = |_| notify(&ready_msg);
-    let res = serve(endpoint, &shutdown, ready, |mut stream, peer| {
-        if settings.resume_request {
-            // Ask a qdb-ship --listen server to resume after what we hold
-            // completely (docs/protocol.md). Opt-in: a server that never
-            // reads it and closes makes the kernel reset the connection
-            // (RST), which can drop the end of the stream before we read it.
-            let request = crate::leader::marker::resume_request(follower.complete_lsn());
-            if let Err(e) = std::io::Write::write_all(&mut stream, &request) {
-                log::warn!("cannot send the resume request to {peer}: {e}");
+    let secure = Secure {
+        link: link.clone(),
+        // Listen mode proves a connection by its first bytes too: the whole
+        // 16-byte header when the stream is uncompressed, else one byte (a
+        // compressed stream starts with its codec's header).
+        expect: match settings.decompress {
+            Compression::None => Expect::WalHeader,
+            _ => Expect::AnyByte,
+        },
+        session: session_options(settings),
+    };
+    let res = serve(
+        endpoint,
+        &secure,
+        &shutdown,
+        hangup,
+        ready,
+        |mut stream, peer| {
+            if settings.resume_request {
+                // Ask a qdb-ship --listen server to resume after what we
+                // hold completely (docs/protocol.md), after TLS and the
+                // token. Opt-in: a server that never reads it and closes
+                // makes the kernel reset the connection (RST), which can
+                // drop the end of the stream before we read it.
+                let request = crate::leader::marker::resume_request(follower.complete_lsn());
+                if let Err(e) = std::io::Write::write_all(&mut stream, &request) {
+                    log::warn!("cannot send the resume request to {peer}: {e}");
+                }
             }
-        }
-        let stats = session(
-            settings,
-            &mut follower,
-            &ckpt,
-            stream,
-            peer.to_string(),
-            &shutdown,
-        )?;
-        Ok(if shutdown.load(Ordering::Relaxed) {
-            After::Stop
-        } else if stats.applied > 0 {
-            After::Progress
-        } else {
-            // Nothing new (an empty session, or a server replaying what the
-            // follower already holds): the connect loop waits before retrying.
-            After::NoProgress
-        })
-    });
+            let stats = session(
+                settings,
+                &mut follower,
+                &ckpt,
+                stream,
+                peer.to_string(),
+                &shutdown,
+            )?;
+            Ok(if shutdown.load(Ordering::Relaxed) {
+                After::Stop
+            } else if stats.applied > 0 {
+                After::Progress
+            } else {
+                // Nothing new (an empty session, or a server replaying what the
+                // follower already holds): the connect loop waits before retrying.
+                After::NoProgress
+            })
+        },
+    );
     notify("STOPPING=1");
     ckpt.stop();
     if res.is_ok() {
@@ -136,22 +159,16 @@ fn session(
     settings: &Settings,
     follower: &mut Follower,
     ckpt: &Checkpointer,
-    mut stream: TcpStream,
+    mut stream: Conn,
     peer: String,
     shutdown: &Arc<AtomicBool>,
 ) -> Result<SessionStats, DaemonError> {
     let started = Instant::now();
-    let sopts = SessionOptions {
-        idle_timeout: settings.idle_timeout,
-        keepalive: settings.keepalive,
-    };
+    // Configured when the connection was made (transport::serve).
+    let sopts = session_options(settings);
     let mut stats = SessionStats::default();
-    if let Err(e) = net::configure_stream(&stream, &sopts) {
-        log::warn!("session from {peer}: {e}");
-        return Ok(stats);
-    }
     // Kept to unblock the network stage if apply stops first.
-    let closer = stream.try_clone().ok();
+    let closer = stream.tcp().try_clone().ok();
     let (mut net_w, net_r) = pipe::pipe(PIPE_CHUNKS);
     let net_thread = {
         let shutdown = shutdown.clone();
@@ -333,19 +350,10 @@ impl CkptInner {
     }
 }
 
-/// SIGHUP is the reload signal (by default it would kill the daemon with
-/// nothing made durable): log it; reloadable material is re-read here.
-fn watch_hangup(hangup: Arc<AtomicBool>, shutdown: Arc<AtomicBool>) {
-    let spawned = thread::Builder::new().name("sighup".into()).spawn(move || {
-        while !shutdown.load(Ordering::Relaxed) {
-            if hangup.swap(false, Ordering::Relaxed) {
-                log::info!("SIGHUP: nothing to reload in this configuration; still running");
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    });
-    if let Err(e) = spawned {
-        log::warn!("cannot watch for SIGHUP: {e}");
+fn session_options(settings: &Settings) -> SessionOptions {
+    SessionOptions {
+        idle_timeout: settings.idle_timeout,
+        keepalive: settings.keepalive,
     }
 }
 

@@ -133,6 +133,7 @@ pub fn bin(name: &str) -> PathBuf {
         "qdb-promote" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-promote")),
         "qdb-restore" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-restore")),
         "qdb-unzip" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-unzip")),
+        "qdb-recv" => PathBuf::from(env!("CARGO_BIN_EXE_qdb-recv")),
         "quiverdb-follower" => PathBuf::from(env!("CARGO_BIN_EXE_quiverdb-follower")),
         other => panic!("unknown binary {other}"),
     }

@@ -16,6 +16,7 @@
 mod allow;
 mod backoff;
 mod framer;
+mod peerlog;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -30,6 +31,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 pub use allow::{AllowList, Cidr, CidrError};
 pub use backoff::{Backoff, MIN_RECONNECT};
 pub use framer::{SessionFramer, MAX_FRAMED_PAYLOAD};
+pub use peerlog::{PeerLog, LOG_INTERVAL, LOG_LINES_PER_INTERVAL};
 
 /// The longest a blocking call sleeps before looking at the shutdown flag.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -81,6 +83,12 @@ pub enum NetError {
 
     #[error("session from {peer} does not start with a QuiverDB 1.x WAL header{hint}: --keep-serving needs an uncompressed stream; drop --keep-serving and run one session per process")]
     NotWalStream { peer: String, hint: &'static str },
+
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
+
+    #[error(transparent)]
+    Auth(#[from] crate::transport::auth::AuthError),
 
     #[error("session from {peer}: a record claims {len} payload bytes, more than the {max} --keep-serving accepts (not a QuiverDB 1.x stream, or a corrupt one); dropped the session", max = MAX_FRAMED_PAYLOAD)]
     RecordTooLarge { peer: String, len: u32 },
@@ -165,6 +173,7 @@ pub struct Listener {
     listener: TcpListener,
     local: SocketAddr,
     allow: AllowList,
+    refusals: PeerLog,
 }
 
 impl Listener {
@@ -190,6 +199,7 @@ impl Listener {
                         listener,
                         local,
                         allow,
+                        refusals: PeerLog::default(),
                     });
                 }
                 Err(e) => {
@@ -208,8 +218,8 @@ impl Listener {
     }
 
     /// Wait for the next allowed peer. Peers outside the allow list are
-    /// logged ("refused connection from PEER: not in --allow list") and
-    /// closed, and the wait goes on. Logs "accepted from PEER" at info.
+    /// logged ("refused connection from PEER: not in --allow list",
+    /// rate-limited by [`PeerLog`]) and closed, and the wait goes on.
     /// Returns Ok(None) once `shutdown` is set.
     pub fn accept(
         &self,
@@ -228,13 +238,19 @@ impl Listener {
                     // A [::] socket reports IPv4 peers as ::ffff:a.b.c.d.
                     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     if !self.allow.permits(peer.ip()) {
-                        warn!("refused connection from {peer}: not in --allow list");
+                        self.refusals.warn(
+                            peer,
+                            &format_args!("refused connection from {peer}: not in --allow list"),
+                        );
                         continue;
                     }
                     // Some systems pass the listener's O_NONBLOCK on; reads
                     // rely on blocking with a timeout (configure_stream).
                     stream.set_nonblocking(false).map_err(err)?;
-                    info!("accepted from {peer}");
+                    // "accepted from" is logged once the peer has proven
+                    // itself (transport::handshake): a flood of connections
+                    // must not be a flood of info lines.
+                    log::debug!("connection from {peer}");
                     return Ok(Some((stream, peer)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -428,6 +444,20 @@ fn peer_name(s: &TcpStream) -> String {
         .map_or_else(|_| "the peer".to_string(), |a| a.to_string())
 }
 
+/// A connection [`pump`] can read a session from: a socket, or a proven
+/// connection from the handshake layer (TLS or not). It must time out its
+/// reads every [`TICK`] (WouldBlock), as [`configure_stream`] arranges.
+pub trait PeerStream: Read {
+    /// The peer, for messages.
+    fn peer_name(&self) -> String;
+}
+
+impl PeerStream for TcpStream {
+    fn peer_name(&self) -> String {
+        peer_name(self)
+    }
+}
+
 /// How a session ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -449,8 +479,8 @@ pub struct PumpOutcome {
 /// at EOF or when `shutdown` is set; Err on a read error, the idle timeout or
 /// an output error. The stream must have been through [`configure_stream`]:
 /// without its read timeout, shutdown is only seen when data arrives.
-pub fn pump<W: Write>(
-    src: &mut TcpStream,
+pub fn pump<S: PeerStream, W: Write>(
+    src: &mut S,
     out: &mut W,
     opts: &SessionOptions,
     shutdown: &AtomicBool,
@@ -464,8 +494,8 @@ pub fn pump<W: Write>(
 /// As [`pump`], but through `framer`: only complete WAL units reach `out`.
 /// After it returns, `framer.pending_bytes()` are the bytes of a cut record
 /// that were dropped.
-pub fn pump_framed<W: Write>(
-    src: &mut TcpStream,
+pub fn pump_framed<S: PeerStream, W: Write>(
+    src: &mut S,
     framer: &mut SessionFramer,
     out: &mut W,
     opts: &SessionOptions,
@@ -474,8 +504,8 @@ pub fn pump_framed<W: Write>(
     pump_with(src, opts, shutdown, |data| framer.feed(data, out))
 }
 
-fn pump_with(
-    src: &mut TcpStream,
+fn pump_with<S: PeerStream>(
+    src: &mut S,
     opts: &SessionOptions,
     shutdown: &AtomicBool,
     mut deliver: impl FnMut(&[u8]) -> Result<(), NetError>,
@@ -501,7 +531,7 @@ fn pump_with(
                 if let Some(limit) = opts.idle_timeout {
                     if last_data.elapsed() >= limit {
                         return Err(NetError::IdleTimeout {
-                            peer: peer_name(src),
+                            peer: src.peer_name(),
                             secs: limit.as_secs(),
                         });
                     }
@@ -510,7 +540,7 @@ fn pump_with(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 return Err(NetError::Read {
-                    peer: peer_name(src),
+                    peer: src.peer_name(),
                     source: e,
                 })
             }
