@@ -30,6 +30,7 @@ use crate::format::layout::{
 };
 use crate::format::page::{self, PageCrc};
 use crate::format::wal::{Next, RecordHeader, StreamEnd, WalReader};
+use crate::metrics::Metrics;
 use crate::replica::heads::HeadTracker;
 use crate::storage::meta::{self, Meta};
 use crate::storage::store::{self, DbLock, Fs, FsyncPolicy, Store};
@@ -56,7 +57,8 @@ pub struct ApplyOptions {
     pub batch_bytes: u64,
     /// Commit at least this often while data flows.
     pub batch_interval: Duration,
-    /// When the input pauses, wait this long for more before committing.
+    /// When the input pauses after a large batch, wait this long for more
+    /// before committing (see [`SMALL_BATCH_RECORDS`] for small ones).
     pub idle_grace: Duration,
     /// Maintain DIR/dir for this many buckets (the leader's count); `None`
     /// leaves dir alone, as 1.x does.
@@ -78,6 +80,15 @@ impl Default for ApplyOptions {
         }
     }
 }
+
+/// A batch of at most this many records is "small": when the input pauses
+/// and both the batch so far and the one before it were small, the sender
+/// is sending lone frames (an idle leader's occasional write), so apply
+/// commits at once instead of waiting `idle_grace` for a burst that is not
+/// coming; that wait was most of a lone frame's latency. While records
+/// stream in, batches grow past this (records pile up during each fsync),
+/// and the grace comes back to keep them large.
+pub const SMALL_BATCH_RECORDS: u64 = 4;
 
 /// Input that can say what is readable without blocking, so apply can
 /// commit exactly when the next record has not fully arrived yet.
@@ -213,6 +224,11 @@ pub struct Follower {
     /// bytes it knows, so it need not even read them back.
     trusted_lsn: u64,
     batch_pages: HashMap<u64, Option<u64>>,
+    /// Records in the batch being built, and in the last one committed:
+    /// they choose the idle grace ([`SMALL_BATCH_RECORDS`]).
+    batch_records: u64,
+    prev_batch_records: u64,
+    metrics: Option<Metrics>,
 }
 
 /// At most this many per-record warnings per session, so a hostile stream
@@ -278,12 +294,21 @@ impl Follower {
             poisoned: false,
             trusted_lsn: max_lsn,
             batch_pages: HashMap::new(),
+            batch_records: 0,
+            prev_batch_records: 0,
+            metrics: None,
         })
     }
 
     /// Called after every commit that changed meta, with the durable meta.
     pub fn set_commit_hook(&mut self, hook: impl FnMut(&Meta) + Send + 'static) {
         self.hook = Some(Box::new(hook));
+    }
+
+    /// Count records, gaps and commits into `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        metrics.set_last_lsn(self.meta().map_or(0, |m| m.last_lsn));
+        self.metrics = Some(metrics);
     }
 
     /// The durable meta, if the DB exists.
@@ -340,14 +365,16 @@ impl Follower {
         loop {
             // Group commit: when the next record has not fully arrived, the
             // sender has paused (or is slow): make the batch durable before
-            // blocking, after a short grace so a burst split across reads
-            // stays one batch.
+            // blocking. After a large batch, first a short grace so a burst
+            // split across reads stays one batch; after small ones, at once.
             while rd.get_mut().live() && self.dirty_or_behind() {
+                let small = self.batch_records <= SMALL_BATCH_RECORDS
+                    && self.prev_batch_records <= SMALL_BATCH_RECORDS;
                 let input = rd.get_mut();
                 if next_record_buffered(input) || input.closed() {
                     break;
                 }
-                if !input.wait(self.opts.idle_grace) {
+                if small || !input.wait(self.opts.idle_grace) {
                     self.commit(stats)?;
                     break;
                 }
@@ -368,6 +395,10 @@ impl Follower {
                     self.saw_lsn(&hdr);
                     stats.records += 1;
                     stats.ignored += 1;
+                    self.batch_records += 1;
+                    if let Some(m) = &self.metrics {
+                        m.record_ignored();
+                    }
                     if hdr.rtype != WAL_TYPE_TRUNCATE {
                         log::debug!(
                             "ignored record of unknown type {} (lsn {})",
@@ -474,6 +505,7 @@ impl Follower {
         }
         self.saw_lsn(hdr);
         stats.records += 1;
+        self.batch_records += 1;
         let new_lsn = page::v2_page_lsn(payload);
         if let Some(n) = new_lsn {
             if n != hdr.lsn {
@@ -515,9 +547,15 @@ impl Follower {
             self.dirty = true;
             self.dirty_bytes += payload.len() as u64;
             stats.applied += 1;
+            if let Some(m) = &self.metrics {
+                m.record_applied();
+            }
             log::trace!("applied page {id} lsn {}", hdr.lsn);
         } else {
             stats.skipped += 1;
+            if let Some(m) = &self.metrics {
+                m.record_skipped();
+            }
             log::trace!("skipped page {id} lsn {} (not newer)", hdr.lsn);
         }
         Ok(None)
@@ -530,6 +568,9 @@ impl Follower {
         // warning in release).
         if hdr.lsn > self.max_lsn.saturating_add(1) && hdr.lsn > 1 {
             let (have, next) = (self.max_lsn, hdr.lsn);
+            if let Some(m) = &self.metrics {
+                m.gap();
+            }
             self.warn(format_args!(
                 "LSN gap: the follower has every LSN up to {have} but the stream continues at {next}: frames the leader truncated were never received; if they changed pages, re-seed the follower from a leader backup"
             ));
@@ -575,6 +616,7 @@ impl Follower {
 
     fn commit_inner(&mut self, stats: &mut SessionStats) -> Result<()> {
         self.last_commit = Instant::now();
+        self.prev_batch_records = std::mem::take(&mut self.batch_records);
         let Some((meta, store)) = self.db.as_mut() else {
             return Ok(());
         };
@@ -597,6 +639,9 @@ impl Follower {
             *meta = next;
             self.trusted_lsn = next.last_lsn;
             stats.commits += 1;
+            if let Some(m) = &self.metrics {
+                m.committed(next.last_lsn, self.last_commit.elapsed());
+            }
             log::debug!(
                 "commit: last_lsn={} next_page_id={}",
                 next.last_lsn,
