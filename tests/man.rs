@@ -10,7 +10,7 @@ fn commands() -> Vec<clap::Command> {
     vec![
         cli::apply::Args::command(),
         cli::ckpt::Args::command(),
-        cli::follower::Args::command(),
+        cli::follower::command(),
         cli::inspect::Args::command(),
         cli::recv::Args::command(),
         cli::unzip::Args::command(),

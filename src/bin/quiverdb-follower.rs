@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use clap::Parser;
 use quiverdb_follower::cli::{self, follower::Args};
 use quiverdb_follower::config::{self, ConfigFile};
 
@@ -13,7 +12,7 @@ fn main() -> ExitCode {
     cli::init_logging("info");
     let file = match &args.config {
         Some(p) => match ConfigFile::load(p) {
-            Ok(c) => Some((p.as_path(), c)),
+            Ok(c) => Some(c),
             Err(e) => {
                 cli::report(&e);
                 return ExitCode::from(2);
@@ -21,7 +20,7 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let settings = match config::resolve(&args.cli_values(), file) {
+    let settings = match config::resolve(&args.values, file) {
         Ok(s) => s,
         Err(e) => {
             cli::report(&e);

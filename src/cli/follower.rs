@@ -1,20 +1,121 @@
-//! `quiverdb-follower`: flags. Every setting is optional here so that the
-//! merge (CLI > config file > defaults) can tell what the command line set.
+//! `quiverdb-follower`: the command line, built from the daemon's settings
+//! table ([`crate::config::SETTINGS`]), so a flag, its TOML key, default and
+//! help are declared once.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::builder::PossibleValuesParser;
+use clap::parser::ValueSource;
+use clap::{value_parser, Arg, ArgAction, ArgMatches, Command};
 
-use crate::daemon::config::CliValues;
-use crate::storage::store::FsyncPolicy;
-use crate::transport::codec::Compression;
+use crate::daemon::config::{Kind, Setting, Value, SETTINGS};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "quiverdb-follower",
-    version,
-    about = "Keep a follower copy of a QuiverDB 1.x database in sync with its leader's WAL stream",
-    long_about = "Keep a follower copy of a QuiverDB 1.x database in sync by applying the WAL stream its \
+/// The command-line definition (also rendered as the man page).
+pub fn command() -> Command {
+    let mut cmd = Command::new("quiverdb-follower")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(ABOUT)
+        .long_about(LONG_ABOUT)
+        .after_help(AFTER_HELP);
+    for s in SETTINGS {
+        cmd = cmd.arg(arg(s));
+    }
+    cmd.arg(
+        Arg::new("config")
+            .long("config")
+            .value_name("FILE")
+            .value_parser(value_parser!(PathBuf))
+            .help("TOML configuration file (CLI > config > defaults)"),
+    )
+    .arg(
+        Arg::new("print_config")
+            .long("print-config")
+            .action(ArgAction::SetTrue)
+            .help("Print the effective configuration as TOML and exit"),
+    )
+}
+
+fn arg(s: &'static Setting) -> Arg {
+    let help = match s.default {
+        Some(d) if s.kind != Kind::OnByDefault => format!("{} [default: {d}]", s.help),
+        _ => s.help.to_string(),
+    };
+    let a = Arg::new(s.key).long(s.flag()).help(help);
+    let a = match s.kind {
+        Kind::OnByDefault => a.action(ArgAction::SetTrue),
+        Kind::List => a
+            .value_name(s.value_name)
+            .action(ArgAction::Append)
+            .value_parser(value_parser!(String)),
+        Kind::Choice(words) => a
+            .value_name(s.value_name)
+            .value_parser(PossibleValuesParser::new(words.iter().copied()))
+            .hide_possible_values(false),
+        Kind::Text | Kind::Path | Kind::Number => a
+            .value_name(s.value_name)
+            .value_parser(value_parser!(OsString)),
+    };
+    // The one pair of settings that exclude each other on the command line.
+    match s.key {
+        "listen" => a.conflicts_with("connect"),
+        _ => a,
+    }
+}
+
+/// What the command line said.
+#[derive(Debug)]
+pub struct Args {
+    pub config: Option<PathBuf>,
+    pub print_config: bool,
+    /// The settings given as flags, in table order.
+    pub values: Vec<(&'static str, Value)>,
+}
+
+impl Args {
+    /// Parse `std::env::args`, exiting with a usage error (status 2) as clap does.
+    pub fn parse() -> Args {
+        Args::from_matches(&command().get_matches())
+    }
+
+    pub fn from_matches(m: &ArgMatches) -> Args {
+        let mut values = Vec::new();
+        for s in SETTINGS {
+            if m.value_source(s.key) != Some(ValueSource::CommandLine) {
+                continue;
+            }
+            let v = match s.kind {
+                Kind::OnByDefault => Value::Bool(!m.get_flag(s.key)),
+                Kind::List => Value::List(
+                    m.get_many::<String>(s.key)
+                        .map(|i| i.cloned().collect())
+                        .unwrap_or_default(),
+                ),
+                Kind::Choice(_) => Value::Text(
+                    m.get_one::<String>(s.key)
+                        .cloned()
+                        .unwrap_or_default()
+                        .into(),
+                ),
+                Kind::Text | Kind::Path | Kind::Number => {
+                    Value::Text(m.get_one::<OsString>(s.key).cloned().unwrap_or_default())
+                }
+            };
+            values.push((s.key, v));
+        }
+        Args {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            print_config: m.get_flag("print_config"),
+            values,
+        }
+    }
+}
+
+const ABOUT: &str =
+    "Keep a follower copy of a QuiverDB 1.x database in sync with its leader's WAL stream";
+
+const LONG_ABOUT: &str =
+    "Keep a follower copy of a QuiverDB 1.x database in sync by applying the WAL stream its \
 leader ships with `quiverdb wal-ship --sink tcp://HOST:PORT [--compress gzip|zstd] --follow`.\n\n\
 The daemon holds an exclusive lock on the follower database (flock on DIR/LOCK) for its whole \
 lifetime. In server mode (--listen, the default, on 0.0.0.0:9999) it serves one leader connection \
@@ -25,101 +126,14 @@ buffers; pages are fsynced in batches before meta.last_lsn covers them.\n\n\
 With --checkpoint-file, the daemon writes meta.last_lsn (decimal, no newline) to that file, \
 replaced atomically, after each session and every --checkpoint-interval-ms during one, so the \
 leader can resume with `wal-ship --since-lsn $(cat FILE)`.\n\n\
-Settings come from the command line, else from the --config TOML file (same names, with \
-underscores: path, listen, connect, decompress, reconnect_ms, backoff_cap_ms, checkpoint_file, \
-checkpoint_interval_ms, allow, fsync, max_pages, idle_timeout_secs, keepalive, buckets), else from \
-the defaults.",
-    after_help = "SIGNALS:\n  SIGTERM, SIGINT  stop taking data, make everything received durable, write the checkpoint, exit 0\n\n\
+Settings come from the command line, else from the --config TOML file, else from the defaults. \
+Each TOML key is its flag's name with underscores (--reconnect-ms is reconnect_ms; --no-keepalive \
+is keepalive = false; --allow is a list).";
+
+const AFTER_HELP: &str = "SIGNALS:\n  SIGTERM, SIGINT  stop taking data, make everything received durable, write the checkpoint, exit 0\n\n\
 EXIT STATUS:\n  0  stopped by a signal\n  2  usage or configuration error\n  \
 3  local error (disk, permissions, lock held by another process, port in use)\n\n\
 EXAMPLES:\n  quiverdb-follower --path ./follower_db --listen 0.0.0.0:9999 --decompress gzip --checkpoint-file ./last_lsn\n  \
 quiverdb-follower --config /etc/quiverdb/follower.toml\n  \
 quiverdb-follower --path ./follower_db --connect relay.example:9999 --decompress zstd\n\n\
-Logs go to stderr through env_logger; RUST_LOG overrides the default level (info)."
-)]
-pub struct Args {
-    /// Follower database root (created on the first page image if missing); locked for the daemon's lifetime
-    #[arg(long, value_name = "DIR")]
-    pub path: Option<PathBuf>,
-
-    /// Server mode: accept the leader's wal-ship connection on ADDR [default: 0.0.0.0:9999]
-    #[arg(long, value_name = "ADDR", conflicts_with = "connect")]
-    pub listen: Option<String>,
-
-    /// Client mode: connect to a server (relay) that emits the WAL stream
-    #[arg(long, value_name = "ADDR")]
-    pub connect: Option<String>,
-
-    /// Stream compression; must match the leader's wal-ship --compress (auto detects it) [default: none]
-    #[arg(long, value_enum, value_name = "MODE")]
-    pub decompress: Option<Compression>,
-
-    /// Client mode: initial reconnect backoff in ms, doubled after each failure [default: 1000]
-    #[arg(long, value_name = "MS")]
-    pub reconnect_ms: Option<u64>,
-
-    /// Client mode: backoff cap in ms [default: 15000]
-    #[arg(long, value_name = "MS")]
-    pub backoff_cap_ms: Option<u64>,
-
-    /// Write the follower's last LSN (meta.last_lsn) to FILE after each session and periodically during one
-    #[arg(long, value_name = "FILE")]
-    pub checkpoint_file: Option<PathBuf>,
-
-    /// How often to refresh the checkpoint file during a session, in ms [default: 1000]
-    #[arg(long, value_name = "MS")]
-    pub checkpoint_interval_ms: Option<u64>,
-
-    /// TOML configuration file (CLI > config > defaults)
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
-    /// Server mode: accept leaders only from this network (repeatable; default: any)
-    #[arg(long, value_name = "CIDR")]
-    pub allow: Vec<String>,
-
-    /// When segment data is fsynced: batch (group commit), always (every page), never (unsafe) [default: batch]
-    #[arg(long, value_enum, value_name = "POLICY")]
-    pub fsync: Option<FsyncPolicy>,
-
-    /// Refuse page images for page ids at or beyond this [default: 268435456]
-    #[arg(long, value_name = "PAGES")]
-    pub max_pages: Option<u64>,
-
-    /// End a session when the leader sends nothing for SECS seconds (0 = never) [default: 0]
-    #[arg(long, value_name = "SECS")]
-    pub idle_timeout_secs: Option<u64>,
-
-    /// Maintain DIR/dir (the bucket-head directory) for a leader with N buckets, so QuiverDB's reader and qdb-inspect get work on the follower
-    #[arg(long, value_name = "N")]
-    pub buckets: Option<u32>,
-
-    /// Do not enable TCP keepalive on leader connections
-    #[arg(long)]
-    pub no_keepalive: bool,
-
-    /// Print the effective configuration as TOML and exit
-    #[arg(long)]
-    pub print_config: bool,
-}
-
-impl Args {
-    pub fn cli_values(&self) -> CliValues {
-        CliValues {
-            path: self.path.clone(),
-            listen: self.listen.clone(),
-            connect: self.connect.clone(),
-            decompress: self.decompress,
-            reconnect_ms: self.reconnect_ms,
-            backoff_cap_ms: self.backoff_cap_ms,
-            checkpoint_file: self.checkpoint_file.clone(),
-            checkpoint_interval_ms: self.checkpoint_interval_ms,
-            allow: self.allow.clone(),
-            fsync: self.fsync,
-            max_pages: self.max_pages,
-            idle_timeout_secs: self.idle_timeout_secs,
-            no_keepalive: self.no_keepalive,
-            buckets: self.buckets,
-        }
-    }
-}
+Logs go to stderr through env_logger; RUST_LOG overrides the default level (info).";

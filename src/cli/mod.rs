@@ -12,6 +12,11 @@ pub mod recv;
 pub mod unzip;
 
 use std::fmt::Display;
+
+use clap::builder::PossibleValue;
+
+use crate::storage::store::FsyncPolicy;
+use crate::transport::codec::Compression;
 use std::io;
 use std::process::ExitCode;
 
@@ -49,5 +54,46 @@ pub fn report_error(err: &crate::Error) -> ExitCode {
         ExitCode::from(EXIT_STREAM)
     } else {
         ExitCode::from(EXIT_LOCAL)
+    }
+}
+
+// The core enums know nothing of clap; their flag values are declared here,
+// with the help each value shows.
+impl clap::ValueEnum for FsyncPolicy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &FsyncPolicy::ALL
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            FsyncPolicy::Batch => {
+                "fsync each dirty segment once per batch, before meta.last_lsn covers it"
+            }
+            FsyncPolicy::Always => "fsync the segment after every page write, as QuiverDB 1.x does",
+            FsyncPolicy::Never => {
+                "never fsync segments (meta is still replaced atomically); test use only"
+            }
+        };
+        Some(PossibleValue::new(self.as_str()).help(help))
+    }
+}
+
+impl clap::ValueEnum for Compression {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Compression::ALL
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            Compression::None => {
+                "Uncompressed 1.x WAL stream, copied through (refuses gzip/zstd input)"
+            }
+            Compression::Gzip => {
+                "Single or multi-member gzip (wal-ship --compress gzip, the gzip CLI)"
+            }
+            Compression::Zstd => {
+                "Single or multi-frame zstd (wal-ship --compress zstd, the zstd CLI)"
+            }
+            Compression::Auto => "Detect gzip, zstd or an uncompressed stream from the first bytes",
+        };
+        Some(PossibleValue::new(self.as_str()).help(help))
     }
 }

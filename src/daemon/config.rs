@@ -1,68 +1,31 @@
-//! The daemon's configuration: a TOML file merged with command-line flags
-//! (CLI > config file > defaults), validated into [`Settings`].
+//! The daemon's settings, each declared once in [`SETTINGS`]: its TOML key
+//! (the flag is the key with dashes), value name, default, help text, how a
+//! value is read and what makes it valid. The command line (built from the
+//! table in `cli/follower.rs`), the config file, `--print-config`, the help
+//! text and the man page all come from that one table.
 //!
-//! The TOML keys are those of the product README (`path`, `listen`,
-//! `connect`, `decompress`, `reconnect_ms`, `backoff_cap_ms`,
-//! `checkpoint_file`) plus this project's extensions, each mirroring a flag.
-//! Unknown keys and wrong types are errors that name the file, the key and
-//! what is allowed: a typo in a replication config must not be ignored.
+//! Effective value = the command-line flag if given, else the config file's
+//! key, else the default. Everything is validated here, before the daemon
+//! touches the disk or the network: a typo in a replication config must not
+//! surface after a whole session was applied.
 
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use thiserror::Error;
 
 use crate::replica::apply::DEFAULT_MAX_PAGES;
 use crate::storage::store::FsyncPolicy;
 use crate::transport::codec::Compression;
+use crate::transport::net::Cidr;
 
-/// Listen address used when neither listen nor connect is given (1.x default).
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9999";
-pub const DEFAULT_RECONNECT_MS: u64 = 1000;
-pub const DEFAULT_BACKOFF_CAP_MS: u64 = 15000;
-pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 /// The 1.x daemon never waits less than this between connect attempts.
 pub const MIN_RECONNECT_MS: u64 = 100;
-
-/// Every key a config file may hold, all optional.
-#[derive(Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    pub path: Option<PathBuf>,
-    pub listen: Option<String>,
-    pub connect: Option<String>,
-    pub decompress: Option<String>,
-    pub reconnect_ms: Option<u64>,
-    pub backoff_cap_ms: Option<u64>,
-    pub checkpoint_file: Option<PathBuf>,
-    pub checkpoint_interval_ms: Option<u64>,
-    pub allow: Option<Vec<String>>,
-    pub fsync: Option<String>,
-    pub max_pages: Option<u64>,
-    pub idle_timeout_secs: Option<u64>,
-    pub keepalive: Option<bool>,
-    pub buckets: Option<u32>,
-}
-
-/// The same settings as given on the command line (all optional there too).
-#[derive(Debug, Default, Clone)]
-pub struct CliValues {
-    pub path: Option<PathBuf>,
-    pub listen: Option<String>,
-    pub connect: Option<String>,
-    pub decompress: Option<Compression>,
-    pub reconnect_ms: Option<u64>,
-    pub backoff_cap_ms: Option<u64>,
-    pub checkpoint_file: Option<PathBuf>,
-    pub checkpoint_interval_ms: Option<u64>,
-    pub allow: Vec<String>,
-    pub fsync: Option<FsyncPolicy>,
-    pub max_pages: Option<u64>,
-    pub idle_timeout_secs: Option<u64>,
-    pub no_keepalive: bool,
-    pub buckets: Option<u32>,
-}
+/// A config file larger than this is refused before it is read: a daemon
+/// pointed at `/dev/zero` must fail, not grow.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -70,7 +33,7 @@ pub enum Mode {
     Connect(String),
 }
 
-/// Fully resolved daemon settings.
+/// Fully resolved and validated daemon settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub path: PathBuf,
@@ -82,12 +45,363 @@ pub struct Settings {
     pub backoff_cap: Duration,
     pub checkpoint_file: Option<PathBuf>,
     pub checkpoint_interval: Duration,
-    pub allow: Vec<crate::transport::net::Cidr>,
+    pub allow: Vec<Cidr>,
     pub fsync: FsyncPolicy,
     pub max_pages: u64,
     pub idle_timeout: Option<Duration>,
     pub keepalive: bool,
     pub buckets: Option<u32>,
+}
+
+/// The shape of a setting's value, shared by the command line and TOML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A string (TOML string).
+    Text,
+    /// A file or folder; kept as bytes from the command line (paths need not be UTF-8).
+    Path,
+    /// A whole number (TOML integer).
+    Number,
+    /// One of a fixed set of words (TOML string).
+    Choice(&'static [&'static str]),
+    /// A switch that is on by default: the flag is `--no-KEY`, the TOML value a boolean.
+    OnByDefault,
+    /// A repeatable flag; a TOML array of strings.
+    List,
+}
+
+/// A value as given, before the setting reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Text(OsString),
+    Number(u64),
+    Bool(bool),
+    List(Vec<String>),
+}
+
+impl Value {
+    fn text(&self) -> String {
+        match self {
+            Value::Text(s) => s.to_string_lossy().into_owned(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::List(l) => l.join(","),
+        }
+    }
+}
+
+/// How a setting reads its value into [`Settings`]; the error says what
+/// is allowed (the key or flag is added by the caller).
+type Setter = fn(&mut Settings, &Value) -> Result<(), String>;
+/// The effective value as a TOML literal, for `--print-config`.
+type Shower = fn(&Settings) -> Option<String>;
+
+/// One daemon setting, declared once.
+pub struct Setting {
+    /// TOML key; the flag is `--` + the key with `_` replaced by `-`
+    /// (`--no-` + that for [`Kind::OnByDefault`]).
+    pub key: &'static str,
+    pub kind: Kind,
+    pub value_name: &'static str,
+    /// The default as the user would write it; `None`: unset by default.
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+    set: Setter,
+    show: Shower,
+}
+
+impl Setting {
+    /// The long flag name, without dashes.
+    pub fn flag(&self) -> String {
+        let name = self.key.replace('_', "-");
+        match self.kind {
+            Kind::OnByDefault => format!("no-{name}"),
+            _ => name,
+        }
+    }
+}
+
+fn number<T: TryFrom<u64>>(v: &Value) -> Result<T, String> {
+    match v {
+        Value::Number(n) => T::try_from(*n).map_err(|_| format!("{n} is too large")),
+        Value::Text(s) => {
+            let s = s.to_string_lossy();
+            let n: u64 = s
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a whole number"))?;
+            T::try_from(n).map_err(|_| format!("{n} is too large"))
+        }
+        other => Err(format!("{} is not a whole number", other.text())),
+    }
+}
+
+fn path(v: &Value) -> Result<PathBuf, String> {
+    match v {
+        Value::Text(s) if s.is_empty() => Err("must not be empty".into()),
+        Value::Text(s) => Ok(PathBuf::from(s)),
+        other => Err(format!("{} is not a path", other.text())),
+    }
+}
+
+/// A TCP address to listen on or connect to: `HOST:PORT` with a port. Host
+/// names are allowed for connect (resolved at each attempt), so only the
+/// shape is checked there; a listen address must be an IP address.
+fn address(v: &Value, must_be_ip: bool) -> Result<String, String> {
+    let s = v.text().trim().to_string();
+    if s.is_empty() {
+        return Err("must not be empty: use HOST:PORT, e.g. 0.0.0.0:9999".into());
+    }
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s);
+    }
+    let bad = || format!("{s:?} is not HOST:PORT (e.g. 0.0.0.0:9999 or [::]:9999)");
+    if must_be_ip {
+        return Err(bad());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s),
+        _ => Err(bad()),
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn words(s: &[&str]) -> String {
+    s.iter()
+        .map(|w| format!("\"{w}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const FSYNC_WORDS: &[&str] = &["batch", "always", "never"];
+const DECOMPRESS_WORDS: &[&str] = &["none", "gzip", "zstd", "auto"];
+
+/// Every daemon setting. The order is the order of `--help` and of
+/// `--print-config`.
+pub static SETTINGS: &[Setting] = &[
+    Setting {
+        key: "path",
+        kind: Kind::Path,
+        value_name: "DIR",
+        default: None,
+        help: "Follower database root (created on the first page image if missing); locked for the daemon's lifetime",
+        set: |s, v| {
+            s.path = path(v)?;
+            Ok(())
+        },
+        show: |s| Some(toml_str(&s.path.to_string_lossy())),
+    },
+    Setting {
+        key: "listen",
+        kind: Kind::Text,
+        value_name: "ADDR",
+        default: Some("0.0.0.0:9999"),
+        help: "Server mode: accept the leader's wal-ship connection on ADDR",
+        set: |s, v| {
+            s.mode = Mode::Listen(address(v, true)?);
+            s.default_mode = false;
+            Ok(())
+        },
+        show: |s| match &s.mode {
+            Mode::Listen(a) => Some(toml_str(a)),
+            Mode::Connect(_) => None,
+        },
+    },
+    Setting {
+        key: "connect",
+        kind: Kind::Text,
+        value_name: "ADDR",
+        default: None,
+        help: "Client mode: connect to a server (relay, qdb-ship --listen) that emits the WAL stream",
+        set: |s, v| {
+            s.mode = Mode::Connect(address(v, false)?);
+            s.default_mode = false;
+            Ok(())
+        },
+        show: |s| match &s.mode {
+            Mode::Connect(a) => Some(toml_str(a)),
+            Mode::Listen(_) => None,
+        },
+    },
+    Setting {
+        key: "decompress",
+        kind: Kind::Choice(DECOMPRESS_WORDS),
+        value_name: "MODE",
+        default: Some("none"),
+        help: "Stream compression; must match the leader's wal-ship --compress (auto detects it)",
+        set: |s, v| {
+            s.decompress = v.text().parse::<Compression>().map_err(|_| {
+                format!("{:?} is not one of {}", v.text(), words(DECOMPRESS_WORDS))
+            })?;
+            Ok(())
+        },
+        show: |s| Some(toml_str(s.decompress.as_str())),
+    },
+    Setting {
+        key: "reconnect_ms",
+        kind: Kind::Number,
+        value_name: "MS",
+        default: Some("1000"),
+        help: "Client mode: initial reconnect backoff in ms (at least 100), doubled after each failure",
+        set: |s, v| {
+            let ms: u64 = number(v)?;
+            if ms < MIN_RECONNECT_MS {
+                return Err(format!(
+                    "{ms} is below the minimum of {MIN_RECONNECT_MS} ms"
+                ));
+            }
+            s.reconnect = Duration::from_millis(ms);
+            Ok(())
+        },
+        show: |s| Some(s.reconnect.as_millis().to_string()),
+    },
+    Setting {
+        key: "backoff_cap_ms",
+        kind: Kind::Number,
+        value_name: "MS",
+        default: Some("15000"),
+        help: "Client mode: backoff cap in ms",
+        set: |s, v| {
+            s.backoff_cap = Duration::from_millis(number(v)?);
+            Ok(())
+        },
+        show: |s| Some(s.backoff_cap.as_millis().to_string()),
+    },
+    Setting {
+        key: "checkpoint_file",
+        kind: Kind::Path,
+        value_name: "FILE",
+        default: None,
+        help: "Write the follower's resume LSN to FILE after each session and periodically during one",
+        set: |s, v| {
+            s.checkpoint_file = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| {
+            s.checkpoint_file
+                .as_ref()
+                .map(|f| toml_str(&f.to_string_lossy()))
+        },
+    },
+    Setting {
+        key: "checkpoint_interval_ms",
+        kind: Kind::Number,
+        value_name: "MS",
+        default: Some("1000"),
+        help: "How often to refresh the checkpoint file during a session, in ms",
+        set: |s, v| {
+            let ms: u64 = number(v)?;
+            if ms == 0 {
+                return Err("must be at least 1".into());
+            }
+            s.checkpoint_interval = Duration::from_millis(ms);
+            Ok(())
+        },
+        show: |s| Some(s.checkpoint_interval.as_millis().to_string()),
+    },
+    Setting {
+        key: "allow",
+        kind: Kind::List,
+        value_name: "CIDR",
+        default: None,
+        help: "Server mode: accept leaders only from this network (repeatable; default: any)",
+        set: |s, v| {
+            let Value::List(items) = v else {
+                return Err(format!("{} is not a list of networks", v.text()));
+            };
+            s.allow = items
+                .iter()
+                .map(|a| a.parse::<Cidr>().map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
+        show: |s| {
+            let items: Vec<String> = s.allow.iter().map(|c| toml_str(&c.to_string())).collect();
+            Some(format!("[{}]", items.join(", ")))
+        },
+    },
+    Setting {
+        key: "fsync",
+        kind: Kind::Choice(FSYNC_WORDS),
+        value_name: "POLICY",
+        default: Some("batch"),
+        help: "When segment data is fsynced: batch (group commit), always (every page, as 1.x), never (unsafe, tests)",
+        set: |s, v| {
+            s.fsync = v.text().parse::<FsyncPolicy>().map_err(|_| {
+                format!("{:?} is not one of {}", v.text(), words(FSYNC_WORDS))
+            })?;
+            Ok(())
+        },
+        show: |s| Some(toml_str(s.fsync.as_str())),
+    },
+    Setting {
+        key: "max_pages",
+        kind: Kind::Number,
+        value_name: "PAGES",
+        default: Some("268435456"),
+        help: "Refuse page images for page ids at or beyond this",
+        set: |s, v| {
+            let n: u64 = number(v)?;
+            if n == 0 {
+                return Err("must be at least 1".into());
+            }
+            s.max_pages = n;
+            Ok(())
+        },
+        show: |s| Some(s.max_pages.to_string()),
+    },
+    Setting {
+        key: "idle_timeout_secs",
+        kind: Kind::Number,
+        value_name: "SECS",
+        default: Some("0"),
+        help: "End a session when the leader sends nothing for SECS seconds (0 = never)",
+        set: |s, v| {
+            let secs: u64 = number(v)?;
+            s.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+            Ok(())
+        },
+        show: |s| Some(s.idle_timeout.map_or(0, |d| d.as_secs()).to_string()),
+    },
+    Setting {
+        key: "keepalive",
+        kind: Kind::OnByDefault,
+        value_name: "",
+        default: Some("true"),
+        help: "Do not enable TCP keepalive on leader connections (TOML: keepalive = false)",
+        set: |s, v| match v {
+            Value::Bool(b) => {
+                s.keepalive = *b;
+                Ok(())
+            }
+            other => Err(format!("{} is not true or false", other.text())),
+        },
+        show: |s| Some(s.keepalive.to_string()),
+    },
+    Setting {
+        key: "buckets",
+        kind: Kind::Number,
+        value_name: "N",
+        default: None,
+        help: "Maintain DIR/dir (the bucket-head directory) for a leader with N buckets, so QuiverDB's reader and qdb-inspect get work on the follower",
+        set: |s, v| {
+            let n: u32 = number(v)?;
+            if n == 0 {
+                return Err("must be at least 1".into());
+            }
+            s.buckets = Some(n);
+            Ok(())
+        },
+        show: |s| s.buckets.map(|b| b.to_string()),
+    },
+];
+
+/// The setting a key names.
+pub fn setting(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
 }
 
 #[derive(Debug, Error)]
@@ -98,6 +412,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("config file {} is larger than {MAX_CONFIG_BYTES} bytes: is it the right file?", path.display())]
+    TooLarge { path: PathBuf },
     #[error("config file {}: {msg}", path.display())]
     Parse { path: PathBuf, msg: String },
     #[error("{}", value_msg(key, msg, file))]
@@ -123,7 +439,10 @@ pub enum ConfigError {
 fn value_msg(key: &str, msg: &str, file: &Option<PathBuf>) -> String {
     match file {
         Some(p) => format!("config file {}: key `{key}`: {msg}", p.display()),
-        None => format!("--{}: {msg}", key.replace('_', "-")),
+        None => match setting(key) {
+            Some(s) => format!("--{}: {msg}", s.flag()),
+            None => format!("--{}: {msg}", key.replace('_', "-")),
+        },
     }
 }
 
@@ -134,233 +453,336 @@ fn both_origin(file: &Option<PathBuf>) -> String {
     }
 }
 
+/// A parsed config file: each key checked against [`SETTINGS`] and read
+/// into a [`Value`] of the setting's kind.
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    path: Option<PathBuf>,
+    values: Vec<(&'static str, Value)>,
+}
+
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        // Read at most one byte past the cap: a FIFO or /dev/zero has no
+        // meaningful size, so the length is what was actually read.
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg: "not UTF-8 text".into(),
         })?;
         ConfigFile::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        let parse_err = |msg: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let mut msg = e.message().replace('\n', " ");
             if let Some(span) = e.span() {
-                let start = span.start.min(text.len());
-                let line_no = text[..start].matches('\n').count() + 1;
-                let line = text.lines().nth(line_no - 1).unwrap_or("");
-                // toml names the key only for unknown fields; name it for
-                // wrong types too, from the line the error points at.
-                match line.split_once('=') {
-                    Some((key, _)) if !msg.starts_with("unknown field") => {
-                        msg = format!("line {line_no}: key `{}`: {msg}", key.trim());
-                    }
-                    _ => msg = format!("line {line_no}: {msg}"),
-                }
+                let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                msg = format!("line {line_no}: {msg}");
             }
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                msg,
-            }
+            parse_err(msg)
+        })?;
+        let mut values = Vec::new();
+        for (key, raw) in table {
+            let Some(s) = setting(&key) else {
+                let known: Vec<String> = SETTINGS.iter().map(|s| format!("`{}`", s.key)).collect();
+                return Err(parse_err(format!(
+                    "{}unknown field `{key}`, expected one of {}",
+                    line_of(text, &key),
+                    known.join(", ")
+                )));
+            };
+            let value = toml_value(s, &raw)
+                .map_err(|msg| parse_err(format!("{}key `{key}`: {msg}", line_of(text, &key))))?;
+            values.push((s.key, value));
+        }
+        Ok(ConfigFile {
+            path: Some(path.to_path_buf()),
+            values,
         })
     }
 }
 
-/// Merge: CLI value if present, else config value, else default; then validate.
-pub fn resolve(
-    cli: &CliValues,
-    file: Option<(&Path, ConfigFile)>,
-) -> Result<Settings, ConfigError> {
-    let (cfg_path, cfg) = match file {
-        Some((p, c)) => (Some(p.to_path_buf()), c),
-        None => (None, ConfigFile::default()),
-    };
-    // Where a value came from, for messages: the file only if the CLI did not set it.
-    let from = |cli_set: bool| if cli_set { None } else { cfg_path.clone() };
+/// `line N: ` for the line that sets `key` (toml's table keeps no spans).
+fn line_of(text: &str, key: &str) -> String {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(String::new(), |i| format!("line {}: ", i + 1))
+}
 
-    let path = cli.path.clone().or(cfg.path).ok_or(ConfigError::NoPath)?;
-
-    let listen = cli.listen.clone().or(cfg.listen);
-    let connect = cli.connect.clone().or(cfg.connect);
-    // A CLI mode flag replaces the config's mode entirely: `--connect X`
-    // with `listen = ...` in the file means connect, as an operator expects.
-    let (listen, connect) = match (&cli.listen, &cli.connect) {
-        (Some(_), None) => (listen, None),
-        (None, Some(_)) => (None, connect),
-        _ => (listen, connect),
+/// A TOML value checked against a setting's kind.
+fn toml_value(s: &Setting, raw: &toml::Value) -> Result<Value, String> {
+    let want = |what: &str| {
+        let got = match raw {
+            toml::Value::String(t) => format!("string {t:?}"),
+            toml::Value::Integer(n) => format!("integer `{n}`"),
+            toml::Value::Boolean(b) => format!("boolean `{b}`"),
+            other => other.type_str().to_string(),
+        };
+        format!("invalid type: {got}, expected {what}")
     };
-    let (mode, default_mode) = match (listen, connect) {
-        (Some(l), Some(c)) => {
-            return Err(ConfigError::BothModes {
-                listen: l,
-                connect: c,
-                file: cfg_path,
-            })
+    match (s.kind, raw) {
+        (Kind::Text | Kind::Path | Kind::Choice(_), toml::Value::String(t)) => {
+            Ok(Value::Text(t.into()))
         }
-        (Some(l), None) => (Mode::Listen(l), false),
-        (None, Some(c)) => (Mode::Connect(c), false),
-        (None, None) => (Mode::Listen(DEFAULT_LISTEN.to_string()), true),
-    };
+        (Kind::Text | Kind::Path, _) => Err(want("a string")),
+        (Kind::Choice(w), _) => Err(want(&format!("one of {}", words(w)))),
+        (Kind::Number, toml::Value::Integer(n)) => u64::try_from(*n)
+            .map(Value::Number)
+            .map_err(|_| format!("{n} is negative")),
+        (Kind::Number, _) => Err(want("u64")),
+        (Kind::OnByDefault, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
+        (Kind::OnByDefault, _) => Err(want("a boolean")),
+        (Kind::List, toml::Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| want("a sequence of strings"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Value::List),
+        (Kind::List, _) => Err(want("a sequence")),
+    }
+}
 
-    let decompress = match (cli.decompress, cfg.decompress) {
-        (Some(d), _) => d,
-        (None, Some(s)) => s
-            .trim()
-            .parse::<Compression>()
-            .map_err(|_| ConfigError::Value {
-                key: "decompress",
-                msg: format!("{s:?} is not one of \"none\", \"gzip\", \"zstd\", \"auto\""),
-                file: cfg_path.clone(),
-            })?,
-        (None, None) => Compression::None,
+/// The built-in defaults, read through the same setters as any value.
+fn defaults() -> Settings {
+    let mut s = Settings {
+        path: PathBuf::new(),
+        mode: Mode::Listen(String::new()),
+        default_mode: true,
+        decompress: Compression::None,
+        reconnect: Duration::ZERO,
+        backoff_cap: Duration::ZERO,
+        checkpoint_file: None,
+        checkpoint_interval: Duration::ZERO,
+        allow: Vec::new(),
+        fsync: FsyncPolicy::Batch,
+        max_pages: DEFAULT_MAX_PAGES,
+        idle_timeout: None,
+        keepalive: true,
+        buckets: None,
     };
+    for setting in SETTINGS {
+        if let Some(d) = setting.default {
+            let v = match setting.kind {
+                Kind::OnByDefault => Value::Bool(d == "true"),
+                _ => Value::Text(d.into()),
+            };
+            (setting.set)(&mut s, &v).expect("built-in defaults are valid");
+        }
+    }
+    s.default_mode = true;
+    s
+}
 
-    let reconnect_ms = cli
-        .reconnect_ms
-        .or(cfg.reconnect_ms)
-        .unwrap_or(DEFAULT_RECONNECT_MS);
-    let backoff_cap_ms = cli
-        .backoff_cap_ms
-        .or(cfg.backoff_cap_ms)
-        .unwrap_or(DEFAULT_BACKOFF_CAP_MS);
-    if reconnect_ms < MIN_RECONNECT_MS {
-        return Err(ConfigError::Value {
-            key: "reconnect_ms",
-            msg: format!("{reconnect_ms} is below the minimum of {MIN_RECONNECT_MS} ms"),
-            file: from(cli.reconnect_ms.is_some()),
+/// Merge the command line (`cli`: key and value, as given) over the config
+/// file over the defaults, then check what no single setting can check.
+pub fn resolve(
+    cli: &[(&'static str, Value)],
+    file: Option<ConfigFile>,
+) -> Result<Settings, ConfigError> {
+    let file = file.unwrap_or_default();
+    let mut s = defaults();
+    let cli_has = |key: &str| cli.iter().any(|(k, _)| *k == key);
+    // A mode flag on the command line replaces the file's mode entirely:
+    // `--connect X` with `listen = ...` in the file means connect.
+    let cli_mode = cli_has("listen") || cli_has("connect");
+    let mut file_listen = None;
+    let mut file_connect = None;
+    let mut has_path = false;
+    for (key, v) in &file.values {
+        match *key {
+            "listen" if cli_mode => continue,
+            "connect" if cli_mode => continue,
+            "listen" => file_listen = Some(v.text()),
+            "connect" => file_connect = Some(v.text()),
+            "path" => has_path = true,
+            _ => {}
+        }
+        if cli_has(key) {
+            continue;
+        }
+        set(&mut s, key, v, file.path.clone())?;
+    }
+    if let (Some(listen), Some(connect)) = (file_listen, file_connect) {
+        return Err(ConfigError::BothModes {
+            listen,
+            connect,
+            file: file.path,
         });
     }
-    if backoff_cap_ms < reconnect_ms {
+    let mut cli_listen = None;
+    for (key, v) in cli {
+        match *key {
+            "path" => has_path = true,
+            "listen" => cli_listen = Some(v.text()),
+            "connect" => {
+                if let Some(listen) = cli_listen.take() {
+                    return Err(ConfigError::BothModes {
+                        listen,
+                        connect: v.text(),
+                        file: None,
+                    });
+                }
+            }
+            _ => {}
+        }
+        set(&mut s, key, v, None)?;
+    }
+    if !has_path {
+        return Err(ConfigError::NoPath);
+    }
+    if s.backoff_cap < s.reconnect {
+        let from_file = !cli_has("backoff_cap_ms") && !cli_has("reconnect_ms");
         return Err(ConfigError::Value {
             key: "backoff_cap_ms",
-            msg: format!("{backoff_cap_ms} is below reconnect_ms ({reconnect_ms}): the cap must be at least the initial backoff"),
-            file: from(cli.backoff_cap_ms.is_some()),
+            msg: format!(
+                "{} is below reconnect_ms ({}): the cap must be at least the initial backoff",
+                s.backoff_cap.as_millis(),
+                s.reconnect.as_millis()
+            ),
+            file: if from_file { file.path } else { None },
         });
     }
-    let checkpoint_interval_ms = cli
-        .checkpoint_interval_ms
-        .or(cfg.checkpoint_interval_ms)
-        .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS);
-    if checkpoint_interval_ms == 0 {
-        return Err(ConfigError::Value {
-            key: "checkpoint_interval_ms",
-            msg: "must be at least 1".into(),
-            file: from(cli.checkpoint_interval_ms.is_some()),
-        });
-    }
+    Ok(s)
+}
 
-    let allow_src = if cli.allow.is_empty() {
-        cfg.allow.unwrap_or_default()
-    } else {
-        cli.allow.clone()
-    };
-    let mut allow = Vec::new();
-    for a in &allow_src {
-        allow.push(
-            a.parse::<crate::transport::net::Cidr>()
-                .map_err(|e| ConfigError::Value {
-                    key: "allow",
-                    msg: e.to_string(),
-                    file: from(!cli.allow.is_empty()),
-                })?,
-        );
-    }
-
-    let fsync = match (cli.fsync, cfg.fsync) {
-        (Some(f), _) => f,
-        (None, Some(s)) => {
-            <FsyncPolicy as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| {
-                ConfigError::Value {
-                    key: "fsync",
-                    msg: format!("{s:?} is not one of \"batch\", \"always\", \"never\""),
-                    file: cfg_path.clone(),
-                }
-            })?
-        }
-        (None, None) => FsyncPolicy::Batch,
-    };
-    let max_pages = cli.max_pages.or(cfg.max_pages).unwrap_or(DEFAULT_MAX_PAGES);
-    if max_pages == 0 {
-        return Err(ConfigError::Value {
-            key: "max_pages",
-            msg: "must be at least 1".into(),
-            file: from(cli.max_pages.is_some()),
-        });
-    }
-    let idle_timeout = match cli.idle_timeout_secs.or(cfg.idle_timeout_secs) {
-        None | Some(0) => None,
-        Some(s) => Some(Duration::from_secs(s)),
-    };
-    let keepalive = if cli.no_keepalive {
-        false
-    } else {
-        cfg.keepalive.unwrap_or(true)
-    };
-    let buckets = cli.buckets.or(cfg.buckets);
-    if buckets == Some(0) {
-        return Err(ConfigError::Value {
-            key: "buckets",
-            msg: "must be at least 1".into(),
-            file: from(cli.buckets.is_some()),
-        });
-    }
-
-    Ok(Settings {
-        path,
-        mode,
-        default_mode,
-        decompress,
-        reconnect: Duration::from_millis(reconnect_ms),
-        backoff_cap: Duration::from_millis(backoff_cap_ms),
-        checkpoint_file: cli.checkpoint_file.clone().or(cfg.checkpoint_file),
-        checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
-        allow,
-        fsync,
-        max_pages,
-        idle_timeout,
-        keepalive,
-        buckets,
-    })
+fn set(
+    s: &mut Settings,
+    key: &'static str,
+    v: &Value,
+    file: Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    let setting = setting(key).expect("keys come from SETTINGS");
+    (setting.set)(s, v).map_err(|msg| ConfigError::Value { key, msg, file })
 }
 
 impl Settings {
-    /// The effective settings as TOML (for `--print-config`).
+    /// The effective settings as TOML (for `--print-config`): every key of
+    /// [`SETTINGS`] that has a value, in table order.
     pub fn to_toml(&self) -> String {
-        let mut s = String::new();
-        let q = |v: &str| format!("{v:?}");
-        s += &format!("path = {}\n", q(&self.path.to_string_lossy()));
-        match &self.mode {
-            Mode::Listen(a) => s += &format!("listen = {}\n", q(a)),
-            Mode::Connect(a) => s += &format!("connect = {}\n", q(a)),
+        SETTINGS
+            .iter()
+            .filter_map(|s| (s.show)(self).map(|v| format!("{} = {v}\n", s.key)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, Value)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (*k, Value::Text((*v).into())))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_come_from_the_table() {
+        let s = resolve(&cli(&[("path", "/db")]), None).unwrap();
+        assert_eq!(s.mode, Mode::Listen("0.0.0.0:9999".into()));
+        assert!(s.default_mode);
+        assert_eq!(s.reconnect, Duration::from_millis(1000));
+        assert_eq!(s.backoff_cap, Duration::from_millis(15000));
+        assert_eq!(s.checkpoint_interval, Duration::from_millis(1000));
+        assert_eq!(s.max_pages, DEFAULT_MAX_PAGES);
+        assert!(s.keepalive);
+        assert_eq!(s.fsync, FsyncPolicy::Batch);
+    }
+
+    #[test]
+    fn cli_beats_file_beats_default() {
+        let f = ConfigFile::parse(
+            "path = \"/f\"\nreconnect_ms = 200\nbackoff_cap_ms = 300\nlisten = \"127.0.0.1:1\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let s = resolve(&cli(&[("reconnect_ms", "250")]), Some(f)).unwrap();
+        assert_eq!(s.path, PathBuf::from("/f"));
+        assert_eq!(s.reconnect, Duration::from_millis(250));
+        assert_eq!(s.backoff_cap, Duration::from_millis(300));
+        assert_eq!(s.mode, Mode::Listen("127.0.0.1:1".into()));
+        assert!(!s.default_mode);
+    }
+
+    #[test]
+    fn a_cli_mode_replaces_the_file_mode() {
+        let f =
+            ConfigFile::parse("path = \"/f\"\nlisten = \"127.0.0.1:1\"\n", Path::new("c")).unwrap();
+        let s = resolve(&cli(&[("connect", "relay:9")]), Some(f)).unwrap();
+        assert_eq!(s.mode, Mode::Connect("relay:9".into()));
+    }
+
+    #[test]
+    fn bad_values_name_the_key_or_the_flag() {
+        let e = ConfigFile::parse("path = \"\"\n", Path::new("c.toml")).unwrap();
+        let err = resolve(&[], Some(e)).unwrap_err().to_string();
+        assert!(err.contains("key `path`: must not be empty"), "{err}");
+        for bad in ["garbage", "127.0.0.1", ":99999", ""] {
+            let err = resolve(&cli(&[("path", "/db"), ("listen", bad)]), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("--listen: "), "{bad}: {err}");
         }
-        s += &format!("decompress = {}\n", q(self.decompress.as_str()));
-        s += &format!("reconnect_ms = {}\n", self.reconnect.as_millis());
-        s += &format!("backoff_cap_ms = {}\n", self.backoff_cap.as_millis());
-        if let Some(f) = &self.checkpoint_file {
-            s += &format!("checkpoint_file = {}\n", q(&f.to_string_lossy()));
-        }
-        s += &format!(
-            "checkpoint_interval_ms = {}\n",
-            self.checkpoint_interval.as_millis()
+        let err = ConfigFile::parse("listen = 5\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 1: key `listen`: invalid type: integer `5`, expected a string"),
+            "{err}"
         );
-        let allow: Vec<String> = self.allow.iter().map(|c| q(&c.to_string())).collect();
-        s += &format!("allow = [{}]\n", allow.join(", "));
-        let fsync = match self.fsync {
-            FsyncPolicy::Batch => "batch",
-            FsyncPolicy::Always => "always",
-            FsyncPolicy::Never => "never",
-        };
-        s += &format!("fsync = {}\n", q(fsync));
-        s += &format!("max_pages = {}\n", self.max_pages);
-        s += &format!(
-            "idle_timeout_secs = {}\n",
-            self.idle_timeout.map_or(0, |d| d.as_secs())
+        let err = ConfigFile::parse("colour = 1\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `colour`, expected one of `path`"),
+            "{err}"
         );
-        s += &format!("keepalive = {}\n", self.keepalive);
-        if let Some(b) = self.buckets {
-            s += &format!("buckets = {b}\n");
-        }
-        s
+    }
+
+    #[test]
+    fn print_config_round_trips() {
+        let s = resolve(&cli(&[("path", "/db"), ("allow", "")]), None);
+        assert!(s.is_err(), "allow takes a list");
+        let s = resolve(
+            &[
+                ("path", Value::Text("/db".into())),
+                ("allow", Value::List(vec!["10.0.0.0/8".into()])),
+                ("buckets", Value::Text("64".into())),
+            ],
+            None,
+        )
+        .unwrap();
+        let text = s.to_toml();
+        let again = resolve(&[], Some(ConfigFile::parse(&text, Path::new("p")).unwrap()))
+            .unwrap()
+            .to_toml();
+        assert_eq!(text, again);
     }
 }

@@ -236,7 +236,7 @@ fn write_new_file(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// When segment data is fsynced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsyncPolicy {
     /// fsync each dirty segment once per batch, before meta.last_lsn covers it.
     Batch,
@@ -245,6 +245,30 @@ pub enum FsyncPolicy {
     /// Never fsync segments (meta is still replaced atomically). After a
     /// crash, meta.last_lsn may claim pages that were lost: test use only.
     Never,
+}
+
+impl FsyncPolicy {
+    pub const ALL: [FsyncPolicy; 3] = [FsyncPolicy::Batch, FsyncPolicy::Always, FsyncPolicy::Never];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncPolicy::Batch => "batch",
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let s = s.trim();
+        FsyncPolicy::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("{s:?} is not one of batch, always, never"))
+    }
 }
 
 struct Segment {

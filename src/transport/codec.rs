@@ -42,7 +42,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const ZSTD_SKIPPABLE_TAIL: [u8; 3] = [0x2a, 0x4d, 0x18];
 
 /// How the input is compressed. `Auto` detects it from the first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
     /// Uncompressed 1.x WAL stream, copied through (refuses gzip/zstd input)
     None,
@@ -55,6 +55,13 @@ pub enum Compression {
 }
 
 impl Compression {
+    pub const ALL: [Compression; 4] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Auto,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Compression::None => "none",
