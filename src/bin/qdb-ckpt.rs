@@ -25,10 +25,14 @@ fn main() -> ExitCode {
         }
     }
     if args.json {
+        // complete_lsn is last_lsn until the complete-LSN file exists; the
+        // leader's LSN (and so the lag) is known only to the running daemon
+        // (its /metrics and STATUS line), never to a reader of the files.
         println!(
-            "{{\"page_size\":{},\"next_page_id\":{},\"last_lsn\":{},\"clean_shutdown\":{}}}",
+            "{{\"page_size\":{},\"next_page_id\":{},\"last_lsn\":{},\"complete_lsn\":{},\"clean_shutdown\":{}}}",
             m.page_size,
             m.next_page_id,
+            m.last_lsn,
             m.last_lsn,
             m.clean_shutdown != 0
         );

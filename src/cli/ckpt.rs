@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
 
-    /// Print page_size, next_page_id, last_lsn and clean_shutdown as one JSON object
+    /// Print page_size, next_page_id, last_lsn, complete_lsn and clean_shutdown as one JSON object
     #[arg(long)]
     pub json: bool,
 }

@@ -51,6 +51,8 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     pub keepalive: bool,
     pub buckets: Option<u32>,
+    /// Serve `/metrics` and `/healthz` here (off when `None`).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The shape of a setting's value, shared by the command line and TOML.
@@ -397,6 +399,21 @@ pub static SETTINGS: &[Setting] = &[
         },
         show: |s| s.buckets.map(|b| b.to_string()),
     },
+    Setting {
+        key: "metrics_addr",
+        kind: Kind::Text,
+        value_name: "ADDR",
+        default: None,
+        help: "Serve Prometheus metrics on http://ADDR/metrics and a health check on /healthz (e.g. 127.0.0.1:9901; off by default)",
+        set: |s, v| {
+            // An IP address, checked here so that a typo fails before the
+            // database is locked or the leader's port is bound.
+            let a = address(v, true)?;
+            s.metrics_addr = Some(a.parse().map_err(|_| format!("{a:?} is not IP:PORT"))?);
+            Ok(())
+        },
+        show: |s| s.metrics_addr.map(|a| toml_str(&a.to_string())),
+    },
 ];
 
 /// The setting a key names.
@@ -585,6 +602,7 @@ fn defaults() -> Settings {
         idle_timeout: None,
         keepalive: true,
         buckets: None,
+        metrics_addr: None,
     };
     for setting in SETTINGS {
         if let Some(d) = setting.default {

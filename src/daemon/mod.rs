@@ -24,6 +24,8 @@ use thiserror::Error;
 use crate::daemon::config::{Mode, Settings};
 use crate::error::Error;
 use crate::format::wal::StreamEnd;
+use crate::metrics::http::{MetricsError, MetricsServer};
+use crate::metrics::{CountReads, CountWrites, Metrics};
 use crate::replica::apply::{ApplyOptions, Follower, SessionStats};
 use crate::storage::meta;
 use crate::storage::store::{Fs, StdFs};
@@ -40,6 +42,8 @@ pub enum DaemonError {
     Db(#[from] Error),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Run the daemon until `shutdown` is set (SIGTERM/SIGINT) or a local error.
@@ -57,15 +61,32 @@ pub fn run(settings: &Settings, shutdown: Arc<AtomicBool>) -> Result<(), DaemonE
         settings.path.display(),
         follower.meta().map_or(0, |m| m.last_lsn)
     );
-    let ckpt = Checkpointer::start(fs, settings, follower.meta().map_or(0, |m| m.last_lsn));
+    // Always kept (a few atomics): the systemd STATUS line reads it too.
+    let metrics = Metrics::new();
+    follower.set_metrics(metrics.clone());
+    let _server = match settings.metrics_addr {
+        Some(addr) => Some(MetricsServer::start(addr, Arc::new(metrics.clone()))?),
+        None => None,
+    };
+    let ckpt = Checkpointer::start(
+        fs,
+        settings,
+        follower.meta().map_or(0, |m| m.last_lsn),
+        metrics.clone(),
+    );
     {
         let ckpt = ckpt.clone();
         follower.set_commit_hook(move |m| ckpt.durable(m.last_lsn));
     }
     let res = match &settings.mode {
-        Mode::Listen(addr) => serve_listen(settings, addr, &mut follower, &ckpt, &shutdown),
-        Mode::Connect(addr) => serve_connect(settings, addr, &mut follower, &ckpt, &shutdown),
+        Mode::Listen(addr) => {
+            serve_listen(settings, addr, &mut follower, &ckpt, &metrics, &shutdown)
+        }
+        Mode::Connect(addr) => {
+            serve_connect(settings, addr, &mut follower, &ckpt, &metrics, &shutdown)
+        }
     };
+    metrics.set_healthy(false);
     notify("STOPPING=1");
     ckpt.stop();
     if res.is_ok() {
@@ -82,15 +103,21 @@ fn serve_listen(
     addr: &str,
     follower: &mut Follower,
     ckpt: &Checkpointer,
+    metrics: &Metrics,
     shutdown: &Arc<AtomicBool>,
 ) -> Result<(), DaemonError> {
     if settings.default_mode {
         log::info!("neither --listen nor --connect given: listening on the default {addr}");
     }
-    let listener = net::Listener::bind(addr, AllowList(settings.allow.clone()))?;
-    notify_status(follower, "READY=1");
+    let listener = net::Listener::bind(addr, AllowList(settings.allow.clone()))?
+        .on_refused({
+            let m = metrics.clone();
+            move || m.session_refused()
+        });
+    metrics.set_healthy(true);
+    notify_status(metrics, "READY=1");
     while let Some((stream, peer)) = listener.accept(shutdown)? {
-        session(settings, follower, ckpt, stream, peer.to_string(), shutdown)?;
+        session(settings, follower, ckpt, metrics, stream, peer.to_string(), shutdown)?;
     }
     Ok(())
 }
@@ -100,15 +127,25 @@ fn serve_connect(
     addr: &str,
     follower: &mut Follower,
     ckpt: &Checkpointer,
+    metrics: &Metrics,
     shutdown: &Arc<AtomicBool>,
 ) -> Result<(), DaemonError> {
-    notify_status(follower, "READY=1");
+    metrics.set_healthy(true);
+    notify_status(metrics, "READY=1");
     let mut backoff = Backoff::new(settings.reconnect, settings.backoff_cap);
     loop {
         let Some(stream) = net::connect_with_backoff(addr, &mut backoff, None, shutdown)? else {
             return Ok(());
         };
-        let stats = session(settings, follower, ckpt, stream, addr.to_string(), shutdown)?;
+        let stats = session(
+            settings,
+            follower,
+            ckpt,
+            metrics,
+            stream,
+            addr.to_string(),
+            shutdown,
+        )?;
         if shutdown.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -134,6 +171,7 @@ fn session(
     settings: &Settings,
     follower: &mut Follower,
     ckpt: &Checkpointer,
+    metrics: &Metrics,
     mut stream: TcpStream,
     peer: String,
     shutdown: &Arc<AtomicBool>,
@@ -146,11 +184,17 @@ fn session(
     let mut stats = SessionStats::default();
     if let Err(e) = net::configure_stream(&stream, &sopts) {
         log::warn!("session from {peer}: {e}");
+        metrics.session_error();
         return Ok(stats);
     }
+    metrics.set_connected(true);
     // Kept to unblock the network stage if apply stops first.
     let closer = stream.try_clone().ok();
-    let (mut net_w, net_r) = pipe::pipe(PIPE_CHUNKS);
+    let (net_w, net_r) = pipe::pipe(PIPE_CHUNKS);
+    let mut net_w = CountWrites {
+        inner: net_w,
+        metrics: metrics.clone(),
+    };
     let net_thread = {
         let shutdown = shutdown.clone();
         thread::Builder::new()
@@ -162,15 +206,19 @@ fn session(
             })
             .expect("spawn net thread")
     };
+    let counted = |r| CountReads {
+        inner: r,
+        metrics: metrics.clone(),
+    };
     let (decode_thread, apply_res) = match settings.decompress {
-        Compression::None => (None, follower.apply(net_r, &mut stats)),
+        Compression::None => (None, follower.apply(counted(net_r), &mut stats)),
         mode => {
             let (mut dec_w, dec_r) = pipe::pipe(PIPE_CHUNKS);
             let t = thread::Builder::new()
                 .name("decode".into())
                 .spawn(move || codec::unzip(net_r, &mut dec_w, mode))
                 .expect("spawn decode thread");
-            (Some(t), follower.apply(dec_r, &mut stats))
+            (Some(t), follower.apply(counted(dec_r), &mut stats))
         }
     };
     // Apply is done (end of stream, or an error): closing the socket wakes
@@ -181,9 +229,11 @@ fn session(
     }
     let net_res = net_thread.join().expect("net thread");
     let dec_res = decode_thread.map(|t| t.join().expect("decode thread"));
+    metrics.set_connected(false);
 
     if let Err(e) = &apply_res {
         if !e.is_stream_error() {
+            metrics.session_error();
             log::error!("session from {peer}: {e}");
             return Err(DaemonError::Db(apply_res.unwrap_err()));
         }
@@ -198,6 +248,7 @@ fn session(
         (_, Err(e)) => log::warn!("session from {peer} failed: {e}"),
         _ => {}
     }
+    let mut failed = apply_res.is_err() || dec_failed;
     // Upstream problems matter only when apply did not already explain the end.
     if apply_res.is_ok() && !dec_failed {
         match dec_res {
@@ -209,7 +260,10 @@ fn session(
             _ => {}
         }
         match net_res {
-            Err(e) if !e.is_output() => log::warn!("session from {peer}: {e}"),
+            Err(e) if !e.is_output() => {
+                failed = true;
+                log::warn!("session from {peer}: {e}")
+            }
             _ => {}
         }
     }
@@ -220,10 +274,15 @@ fn session(
         "session from {peer} ended: {stats} elapsed={:.3}s",
         started.elapsed().as_secs_f64()
     );
+    if failed {
+        metrics.session_error();
+    } else {
+        metrics.session_ended();
+    }
     if follower.meta().is_some() {
         ckpt.session_end(stats.last_lsn).map_err(DaemonError::Db)?;
     }
-    notify_status(follower, "");
+    notify_status(metrics, "");
     Ok(stats)
 }
 
@@ -236,6 +295,8 @@ struct Checkpointer {
 
 struct CkptInner {
     fs: Arc<dyn Fs>,
+    /// For the STATUS line sent with each checkpoint.
+    metrics: Metrics,
     file: PathBuf,
     /// (durable last_lsn, last written, stopping)
     state: Mutex<(u64, u64, bool)>,
@@ -245,12 +306,18 @@ struct CkptInner {
 }
 
 impl Checkpointer {
-    fn start(fs: Arc<dyn Fs>, settings: &Settings, last_lsn: u64) -> Checkpointer {
+    fn start(
+        fs: Arc<dyn Fs>,
+        settings: &Settings,
+        last_lsn: u64,
+        metrics: Metrics,
+    ) -> Checkpointer {
         let Some(file) = settings.checkpoint_file.clone() else {
             return Checkpointer { inner: None };
         };
         let inner = Arc::new(CkptInner {
             fs,
+            metrics,
             file,
             state: Mutex::new((last_lsn, u64::MAX, false)),
             wake: Condvar::new(),
@@ -300,7 +367,7 @@ impl CkptInner {
         }
         meta::write_checkpoint(&*self.fs, &self.file, lsn)?;
         self.state.lock().unwrap().1 = lsn;
-        notify(&format!("STATUS=last_lsn={lsn}"));
+        notify(&format!("STATUS={}", self.metrics.snapshot().status()));
         Ok(())
     }
 
@@ -327,9 +394,10 @@ impl CkptInner {
     }
 }
 
-fn notify_status(follower: &Follower, extra: &str) {
-    let lsn = follower.meta().map_or(0, |m| m.last_lsn);
-    let mut msg = format!("STATUS=last_lsn={lsn}");
+/// The STATUS line carries what `/metrics` and `qdb-ckpt --json` carry:
+/// last and complete LSN, and the lag once the leader's LSN is known.
+fn notify_status(metrics: &Metrics, extra: &str) {
+    let mut msg = format!("STATUS={}", metrics.snapshot().status());
     if !extra.is_empty() {
         msg = format!("{extra}\n{msg}");
     }

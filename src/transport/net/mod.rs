@@ -165,6 +165,16 @@ pub struct Listener {
     listener: TcpListener,
     local: SocketAddr,
     allow: AllowList,
+    /// Told about each refused peer (the daemon counts them).
+    on_refused: Option<RefusedHook>,
+}
+
+struct RefusedHook(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for RefusedHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusedHook")
+    }
 }
 
 impl Listener {
@@ -190,6 +200,7 @@ impl Listener {
                         listener,
                         local,
                         allow,
+                        on_refused: None,
                     });
                 }
                 Err(e) => {
@@ -205,6 +216,12 @@ impl Listener {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Call `f` for each peer refused by the allow list.
+    pub fn on_refused(mut self, f: impl Fn() + Send + Sync + 'static) -> Listener {
+        self.on_refused = Some(RefusedHook(Box::new(f)));
+        self
     }
 
     /// Wait for the next allowed peer. Peers outside the allow list are
@@ -229,6 +246,9 @@ impl Listener {
                     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     if !self.allow.permits(peer.ip()) {
                         warn!("refused connection from {peer}: not in --allow list");
+                        if let Some(f) = &self.on_refused {
+                            (f.0)();
+                        }
                         continue;
                     }
                     // Some systems pass the listener's O_NONBLOCK on; reads
