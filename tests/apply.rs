@@ -393,7 +393,7 @@ fn ckpt_prints_writes_and_describes_meta() {
     let o = run("qdb-ckpt", &["--path", p, "--json"], b"");
     assert_eq!(
         stdout(&o),
-        "{\"page_size\":4096,\"next_page_id\":298,\"last_lsn\":1191,\"clean_shutdown\":true}\n"
+        "{\"page_size\":4096,\"next_page_id\":298,\"last_lsn\":1191,\"complete_lsn\":1191,\"clean_shutdown\":true}\n"
     );
     let file = t.path().join("ck").join("last_lsn");
     fs::create_dir(t.path().join("ck")).unwrap();

@@ -270,15 +270,16 @@ fn session(
     if let Some(StreamEnd::PartialTail { bytes }) = stats.end {
         log::warn!("session from {peer} ended inside a record (partial tail): its {bytes} bytes were ignored");
     }
-    log::info!(
-        "session from {peer} ended: {stats} elapsed={:.3}s",
-        started.elapsed().as_secs_f64()
-    );
+    // Counted before the "ended" line, so whoever reads the log sees it counted.
     if failed {
         metrics.session_error();
     } else {
         metrics.session_ended();
     }
+    log::info!(
+        "session from {peer} ended: {stats} elapsed={:.3}s",
+        started.elapsed().as_secs_f64()
+    );
     if follower.meta().is_some() {
         ckpt.session_end(stats.last_lsn).map_err(DaemonError::Db)?;
     }

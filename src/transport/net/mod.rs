@@ -245,10 +245,10 @@ impl Listener {
                     // A [::] socket reports IPv4 peers as ::ffff:a.b.c.d.
                     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     if !self.allow.permits(peer.ip()) {
-                        warn!("refused connection from {peer}: not in --allow list");
                         if let Some(f) = &self.on_refused {
                             (f.0)();
                         }
+                        warn!("refused connection from {peer}: not in --allow list");
                         continue;
                     }
                     // Some systems pass the listener's O_NONBLOCK on; reads
