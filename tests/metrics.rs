@@ -64,11 +64,11 @@ fn logged(line: &str, field: &str) -> u64 {
     v.split_whitespace().next().unwrap().parse().unwrap()
 }
 
-/// `promtool check metrics` on `text`; required in CI, skipped (with a note)
-/// where promtool is not installed.
-fn promtool_check(text: &str) {
+/// `promtool ARGS` with `text` on stdin; required in CI, skipped (with a
+/// note) where promtool is not installed.
+fn promtool(args: &[&str], text: &str) {
     let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -78,7 +78,7 @@ fn promtool_check(text: &str) {
             std::env::var_os("CI").is_none(),
             "promtool is missing in CI: .ci/run installs it (apt-get install prometheus)"
         );
-        eprintln!("note: promtool not installed; `promtool check metrics` skipped");
+        eprintln!("note: promtool not installed; `promtool {args:?}` skipped");
         return;
     };
     child
@@ -90,7 +90,7 @@ fn promtool_check(text: &str) {
     let o = child.wait_with_output().unwrap();
     assert!(
         o.status.success(),
-        "promtool check metrics failed:\n{}{}\non:\n{text}",
+        "promtool {args:?} failed:\n{}{}\non:\n{text}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
@@ -181,7 +181,7 @@ fn scrape_after_fixture_streams_matches_the_log_qdb_ckpt_and_promtool() {
         .as_secs();
     let ts = val(&m, "last_commit_timestamp_seconds");
     assert!(ts <= now && ts + 60 > now, "{ts} vs {now}");
-    promtool_check(&text);
+    promtool(&["check", "metrics"], &text);
 
     assert_eq!(get(m_addr, "/nope").0, 404);
     // A session with a corrupt stream counts as an error.
@@ -243,5 +243,25 @@ fn a_bad_metrics_address_is_refused_before_anything_is_touched() {
     assert!(
         last_line.starts_with("error: cannot serve metrics on ") && last_line.contains(&addr),
         "{err}"
+    );
+}
+
+#[test]
+fn contrib_alert_rules_and_scrape_config_pass_promtool() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus");
+    let rules = dir.join("quiverdb-follower.rules.yml");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    // The rules the README promises: lag, gaps, no session.
+    for metric in [
+        "quiverdb_follower_lag_seconds",
+        "quiverdb_follower_gaps_total",
+        "quiverdb_follower_connected",
+    ] {
+        assert!(text.contains(metric), "{metric} missing from {}", rules.display());
+    }
+    promtool(&["check", "rules", rules.to_str().unwrap()], "");
+    promtool(
+        &["check", "config", dir.join("prometheus.yml").to_str().unwrap()],
+        "",
     );
 }
