@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use quiverdb_follower::format::wal::{self, Next, WalReader};
 use quiverdb_follower::format::{layout::WAL_TYPE_PAGE_IMAGE, page};
-use quiverdb_follower::{init_db, write_meta, FsyncPolicy, Fs, StdFs, Store};
+use quiverdb_follower::{init_db, write_meta, Fs, FsyncPolicy, StdFs, Store};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -32,7 +32,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 fn report(label: &str, mut v: Vec<f64>) {
     let (p50, p99, max) = (pct(&mut v, 0.5), pct(&mut v, 0.99), pct(&mut v, 1.0));
-    println!("{label:<28} p50 {p50:.3} ms   p99 {p99:.3} ms   max {max:.3} ms   (n={})", v.len());
+    println!(
+        "{label:<28} p50 {p50:.3} ms   p99 {p99:.3} ms   max {max:.3} ms   (n={})",
+        v.len()
+    );
 }
 
 fn last_lsn(db: &Path) -> u64 {
@@ -54,7 +57,8 @@ fn main() {
 
     // A real 4 KiB page image from the c03 fixture, restamped per LSN.
     let src = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quiverdb-1.2.5/c03-churn/stream.wal"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/quiverdb-1.2.5/c03-churn/stream.wal"),
     )
     .expect("fixture stream");
     let mut rd = WalReader::open(&src[..]).unwrap();
@@ -122,7 +126,10 @@ fn main() {
         c.write_all(&rec).unwrap();
         let deadline = t + Duration::from_secs(10);
         while last_lsn(&db) < lsn {
-            assert!(Instant::now() < deadline, "lsn {lsn} not durable after 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "lsn {lsn} not durable after 10 s"
+            );
             // Polling meta costs ~5 us; sleeping a little leaves the CPU to the daemon.
             std::thread::sleep(Duration::from_micros(20));
         }

@@ -213,7 +213,14 @@ fn a_bad_metrics_address_is_refused_before_anything_is_touched() {
     for bad in ["localhost", "127.0.0.1:http", "nowhere:9901", ""] {
         let o = run(
             "quiverdb-follower",
-            &["--path", p, "--listen", "127.0.0.1:0", "--metrics-addr", bad],
+            &[
+                "--path",
+                p,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                bad,
+            ],
             b"",
         );
         assert_one_line_error(&o, 2, "--metrics-addr");
@@ -226,14 +233,24 @@ fn a_bad_metrics_address_is_refused_before_anything_is_touched() {
         b"",
     );
     assert_one_line_error(&o, 2, "key `metrics_addr`");
-    assert!(!db.exists(), "nothing may be created before the settings are valid");
+    assert!(
+        !db.exists(),
+        "nothing may be created before the settings are valid"
+    );
 
     // A port that is taken is a local error (exit 3), one line.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let o = run(
         "quiverdb-follower",
-        &["--path", p, "--listen", "127.0.0.1:0", "--metrics-addr", &addr],
+        &[
+            "--path",
+            p,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            &addr,
+        ],
         b"",
     );
     // (The daemon logs at info by default: the error is its last line.)
@@ -257,11 +274,19 @@ fn contrib_alert_rules_and_scrape_config_pass_promtool() {
         "quiverdb_follower_gaps_total",
         "quiverdb_follower_connected",
     ] {
-        assert!(text.contains(metric), "{metric} missing from {}", rules.display());
+        assert!(
+            text.contains(metric),
+            "{metric} missing from {}",
+            rules.display()
+        );
     }
     promtool(&["check", "rules", rules.to_str().unwrap()], "");
     promtool(
-        &["check", "config", dir.join("prometheus.yml").to_str().unwrap()],
+        &[
+            "check",
+            "config",
+            dir.join("prometheus.yml").to_str().unwrap(),
+        ],
         "",
     );
 }

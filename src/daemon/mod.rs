@@ -109,15 +109,22 @@ fn serve_listen(
     if settings.default_mode {
         log::info!("neither --listen nor --connect given: listening on the default {addr}");
     }
-    let listener = net::Listener::bind(addr, AllowList(settings.allow.clone()))?
-        .on_refused({
-            let m = metrics.clone();
-            move || m.session_refused()
-        });
+    let listener = net::Listener::bind(addr, AllowList(settings.allow.clone()))?.on_refused({
+        let m = metrics.clone();
+        move || m.session_refused()
+    });
     metrics.set_healthy(true);
     notify_status(metrics, "READY=1");
     while let Some((stream, peer)) = listener.accept(shutdown)? {
-        session(settings, follower, ckpt, metrics, stream, peer.to_string(), shutdown)?;
+        session(
+            settings,
+            follower,
+            ckpt,
+            metrics,
+            stream,
+            peer.to_string(),
+            shutdown,
+        )?;
     }
     Ok(())
 }

@@ -30,15 +30,15 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Bind `addr` (port 0 picks one) and serve until dropped. Logs
     /// "metrics on http://ADDR/metrics" at info.
-    pub fn start(addr: SocketAddr, exporter: Arc<dyn Exporter>) -> Result<MetricsServer, MetricsError> {
+    pub fn start(
+        addr: SocketAddr,
+        exporter: Arc<dyn Exporter>,
+    ) -> Result<MetricsServer, MetricsError> {
         let server = Server::http(addr).map_err(|e| MetricsError::Bind {
             addr,
             msg: e.to_string(),
         })?;
-        let local = server
-            .server_addr()
-            .to_ip()
-            .unwrap_or(addr);
+        let local = server.server_addr().to_ip().unwrap_or(addr);
         let server = Arc::new(server);
         let s = server.clone();
         let thread = thread::Builder::new()
@@ -77,9 +77,7 @@ fn serve(server: &Server, exporter: &dyn Exporter) {
     for req in server.incoming_requests() {
         let path = req.url().split('?').next().unwrap_or("");
         let resp = match (req.method(), path) {
-            (Method::Get | Method::Head, "/metrics") => {
-                text(&exporter.encode(), CONTENT_TYPE, 200)
-            }
+            (Method::Get | Method::Head, "/metrics") => text(&exporter.encode(), CONTENT_TYPE, 200),
             (Method::Get | Method::Head, "/healthz") if exporter.healthy() => {
                 text("ok\n", "text/plain", 200)
             }

@@ -171,8 +171,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh set, all zero, named `quiverdb_follower_*`.
     pub fn new() -> Metrics {
-        let r = Registry::new_custom(Some("quiverdb_follower".into()), None)
-            .expect("valid prefix");
+        let r = Registry::new_custom(Some("quiverdb_follower".into()), None).expect("valid prefix");
         let records = counter_vec(
             &r,
             "records_total",
@@ -394,15 +393,23 @@ impl ShipMetrics {
     pub fn new() -> ShipMetrics {
         let r = Registry::new_custom(Some("quiverdb_ship".into()), None).expect("valid prefix");
         build_info(&r);
-        let c = |name: &str, help: &str| {
-            reg(&r, IntCounter::new(name, help).expect("valid metric"))
-        };
+        let c =
+            |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
         let inner = ShipInner {
             shipped_lsn: int_gauge(&r, "shipped_lsn", "Highest LSN sent to followers."),
-            catchup_scans: c("catchup_scans_total", "Catch-up scans of the leader's WAL (a follower resuming from an older LSN)."),
+            catchup_scans: c(
+                "catchup_scans_total",
+                "Catch-up scans of the leader's WAL (a follower resuming from an older LSN).",
+            ),
             catchup_pages: c("catchup_pages_total", "Page images sent by catch-up scans."),
-            truncations: c("truncations_total", "WAL truncations (TRUNCATE records) seen on the leader."),
-            bytes: c("bytes_total", "Stream bytes sent to followers (after compression)."),
+            truncations: c(
+                "truncations_total",
+                "WAL truncations (TRUNCATE records) seen on the leader.",
+            ),
+            bytes: c(
+                "bytes_total",
+                "Stream bytes sent to followers (after compression).",
+            ),
             followers: int_gauge(&r, "connected_followers", "Followers connected now."),
             healthy: AtomicBool::new(false),
             registry: r,
