@@ -106,7 +106,7 @@ fn scrape_after_fixture_streams_matches_the_log_qdb_ckpt_and_promtool() {
     wait_for(
         "/healthz to answer 200",
         WAIT,
-        || String::new(),
+        String::new,
         || get(m_addr, "/healthz") == (200, "ok\n".into()),
     );
     let before = samples(&get(m_addr, "/metrics").1);
