@@ -103,12 +103,9 @@ fn scrape_after_fixture_streams_matches_the_log_qdb_ckpt_and_promtool() {
     let mut d = Daemon::start(&db, &["--metrics-addr", "127.0.0.1:0"]);
     let m_addr = metrics_addr(&mut d);
     // 200 once the listener runs (it may answer 503 for the first instant).
-    wait_for(
-        "/healthz to answer 200",
-        WAIT,
-        String::new,
-        || get(m_addr, "/healthz") == (200, "ok\n".into()),
-    );
+    wait_for("/healthz to answer 200", WAIT, String::new, || {
+        get(m_addr, "/healthz") == (200, "ok\n".into())
+    });
     let before = samples(&get(m_addr, "/metrics").1);
     assert_eq!(val(&before, "last_lsn"), 0);
     assert_eq!(val(&before, "build_info{version=\"0.1.0\"}"), 1);
