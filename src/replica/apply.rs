@@ -58,7 +58,7 @@ pub struct ApplyOptions {
     /// Commit at least this often while data flows.
     pub batch_interval: Duration,
     /// When the input pauses after a large batch, wait this long for more
-    /// before committing (see [`SMALL_BATCH_RECORDS`] for small ones).
+    /// before committing (small batches commit at once: `SMALL_BATCH_RECORDS`).
     pub idle_grace: Duration,
     /// Maintain DIR/dir for this many buckets (the leader's count); `None`
     /// leaves dir alone, as 1.x does.
