@@ -15,7 +15,9 @@
 //! | read side | `inspect/` | `qdb-inspect`: check, dump, get, pages, rebuild-dir ([`inspect`]) |
 //! | leader side | `leader/` | `qdb-ship`: WAL tail, catch-up scan of the segments, server mode ([`leader`]) |
 //!
-//! On top sit the daemon (`daemon/`: settings and the process that wires
+//! On top sit [`metrics`] (`metrics/`: the Prometheus registry the daemon
+//! and the leader tool update with atomics, and its `/metrics` + `/healthz`
+//! HTTP server), the daemon (`daemon/`: settings and the process that wires
 //! transport to replication) and [`cli`] (clap definitions shared by the
 //! thin binaries in `src/bin/` and the man pages). `docs/architecture.md`
 //! draws the path of a record from the socket to `meta`.
@@ -46,6 +48,7 @@ mod error;
 pub mod format;
 pub mod inspect;
 pub mod leader;
+pub mod metrics;
 mod replica;
 mod storage;
 mod transport;

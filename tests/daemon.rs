@@ -953,13 +953,13 @@ fn systemd_notify_ready_status_and_stopping() {
     assert!(
         ready
             .lines()
-            .any(|l| l == "STATUS=complete_lsn=0 last_lsn=0"),
+            .any(|l| l == "STATUS=last_lsn=0 complete_lsn=0"),
         "{ready:?}"
     );
     // READY comes once the port is bound: a leader can connect at once.
     let addr = listen_addr(&f);
     session(addr, &stream("c02-overflow"), Compression::None);
-    wait_msg("STATUS=complete_lsn=78 last_lsn=78", &mut got);
+    wait_msg("STATUS=last_lsn=78 complete_lsn=78", &mut got);
     assert!(!got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
     stop(&mut f, libc::SIGTERM);
     wait_msg("STOPPING=1", &mut got);

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         }
     }
     if args.json {
+        // complete_lsn is last_lsn until the complete-LSN file exists; the
+        // leader's LSN (and so the lag) is known only to the running daemon
+        // (its /metrics and STATUS line), never to a reader of the files.
         println!(
             "{{\"page_size\":{},\"next_page_id\":{},\"last_lsn\":{},\"complete_lsn\":{},\"clean_shutdown\":{}}}",
             m.page_size,

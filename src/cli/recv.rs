@@ -204,6 +204,7 @@ pub fn run<W: Write>(
             Expect::AnyByte
         },
         session: args.session_options(),
+        on_refused: None,
     };
     serve(
         endpoint,

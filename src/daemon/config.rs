@@ -58,6 +58,8 @@ pub struct Settings {
     /// TLS, token and handshake settings; loaded and checked by
     /// [`LinkSettings::load`] before the daemon binds or locks anything.
     pub link: LinkSettings,
+    /// Serve `/metrics` and `/healthz` here (off when `None`).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The shape of a setting's value, shared by the command line and TOML.
@@ -550,6 +552,21 @@ pub static SETTINGS: &[Setting] = &[
         },
         show: |s| Some(s.link.handshake_timeout_secs.to_string()),
     },
+    Setting {
+        key: "metrics_addr",
+        kind: Kind::Text,
+        value_name: "ADDR",
+        default: None,
+        help: "Serve Prometheus metrics on http://ADDR/metrics and a health check on /healthz (e.g. 127.0.0.1:9901; off by default)",
+        set: |s, v| {
+            // An IP address, checked here so that a typo fails before the
+            // database is locked or the leader's port is bound.
+            let a = address(v, true)?;
+            s.metrics_addr = Some(a.parse().map_err(|_| format!("{a:?} is not IP:PORT"))?);
+            Ok(())
+        },
+        show: |s| s.metrics_addr.map(|a| toml_str(&a.to_string())),
+    },
 ];
 
 /// The setting a key names.
@@ -740,6 +757,7 @@ fn defaults() -> Settings {
         buckets: None,
         resume_request: false,
         link: LinkSettings::default(),
+        metrics_addr: None,
     };
     for setting in SETTINGS {
         if let Some(d) = setting.default {

@@ -24,13 +24,15 @@ use thiserror::Error;
 use crate::daemon::config::{Mode, Settings};
 use crate::error::Error;
 use crate::format::wal::StreamEnd;
+use crate::metrics::http::{MetricsError, MetricsServer};
+use crate::metrics::{CountReads, CountWrites, Metrics};
 use crate::replica::apply::{ApplyOptions, Follower, SessionStats};
 use crate::storage::meta;
 use crate::storage::store::{Fs, StdFs};
 use crate::transport::codec::{self, Compression};
 use crate::transport::handshake::{Conn, Expect};
 use crate::transport::link::Link;
-use crate::transport::net::{self, AllowList, Backoff, NetError, SessionOptions};
+use crate::transport::net::{self, AllowList, Backoff, NetError, RefusedHook, SessionOptions};
 use crate::transport::pipe;
 use crate::transport::serve::{serve, After, Endpoint, Secure};
 
@@ -43,6 +45,8 @@ pub enum DaemonError {
     Db(#[from] Error),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Run the daemon until `shutdown` is set (SIGTERM/SIGINT) or a local error.
@@ -68,8 +72,15 @@ pub fn run(
         follower.meta().map_or(0, |m| m.last_lsn),
         follower.complete_lsn()
     );
+    // Always kept (a few atomics): the systemd STATUS line reads it too.
+    let metrics = Metrics::new();
+    follower.set_metrics(metrics.clone());
+    let _server = match settings.metrics_addr {
+        Some(addr) => Some(MetricsServer::start(addr, Arc::new(metrics.clone()))?),
+        None => None,
+    };
     // The checkpoint is the resume point: the complete LSN (src/complete.rs).
-    let ckpt = Checkpointer::start(fs, settings, follower.complete_lsn());
+    let ckpt = Checkpointer::start(fs, settings, follower.complete_lsn(), metrics.clone());
     {
         let ckpt = ckpt.clone();
         follower.set_complete_hook(move |c| ckpt.durable(c));
@@ -92,8 +103,10 @@ pub fn run(
     };
     // READY=1 once the socket is bound (or connecting starts), with the
     // follower's position as of now.
-    let ready_msg = format!("READY=1\n{}", status_line(&follower));
-    let ready = |_| notify(&ready_msg);
+    let ready = |_| {
+        metrics.set_healthy(true);
+        notify_status(&metrics, "READY=1");
+    };
     let secure = Secure {
         link: link.clone(),
         // Listen mode proves a connection by its first bytes too: the whole
@@ -104,6 +117,10 @@ pub fn run(
             _ => Expect::AnyByte,
         },
         session: session_options(settings),
+        on_refused: Some({
+            let m = metrics.clone();
+            RefusedHook(Arc::new(move || m.session_refused()))
+        }),
     };
     let res = serve(
         endpoint,
@@ -127,6 +144,7 @@ pub fn run(
                 settings,
                 &mut follower,
                 &ckpt,
+                &metrics,
                 stream,
                 peer.to_string(),
                 &shutdown,
@@ -142,6 +160,7 @@ pub fn run(
             })
         },
     );
+    metrics.set_healthy(false);
     notify("STOPPING=1");
     ckpt.stop();
     if res.is_ok() {
@@ -159,6 +178,7 @@ fn session(
     settings: &Settings,
     follower: &mut Follower,
     ckpt: &Checkpointer,
+    metrics: &Metrics,
     mut stream: Conn,
     peer: String,
     shutdown: &Arc<AtomicBool>,
@@ -169,7 +189,12 @@ fn session(
     let mut stats = SessionStats::default();
     // Kept to unblock the network stage if apply stops first.
     let closer = stream.tcp().try_clone().ok();
-    let (mut net_w, net_r) = pipe::pipe(PIPE_CHUNKS);
+    metrics.set_connected(true);
+    let (net_w, net_r) = pipe::pipe(PIPE_CHUNKS);
+    let mut net_w = CountWrites {
+        inner: net_w,
+        metrics: metrics.clone(),
+    };
     let net_thread = {
         let shutdown = shutdown.clone();
         thread::Builder::new()
@@ -181,15 +206,19 @@ fn session(
             })
             .expect("spawn net thread")
     };
+    let counted = |r| CountReads {
+        inner: r,
+        metrics: metrics.clone(),
+    };
     let (decode_thread, apply_res) = match settings.decompress {
-        Compression::None => (None, follower.apply(net_r, &mut stats)),
+        Compression::None => (None, follower.apply(counted(net_r), &mut stats)),
         mode => {
             let (mut dec_w, dec_r) = pipe::pipe(PIPE_CHUNKS);
             let t = thread::Builder::new()
                 .name("decode".into())
                 .spawn(move || codec::unzip(net_r, &mut dec_w, mode))
                 .expect("spawn decode thread");
-            (Some(t), follower.apply(dec_r, &mut stats))
+            (Some(t), follower.apply(counted(dec_r), &mut stats))
         }
     };
     // Apply is done (end of stream, or an error): closing the socket wakes
@@ -200,9 +229,11 @@ fn session(
     }
     let net_res = net_thread.join().expect("net thread");
     let dec_res = decode_thread.map(|t| t.join().expect("decode thread"));
+    metrics.set_connected(false);
 
     if let Err(e) = &apply_res {
         if !e.is_stream_error() {
+            metrics.session_error();
             log::error!("session from {peer}: {e}");
             return Err(DaemonError::Db(apply_res.unwrap_err()));
         }
@@ -217,6 +248,7 @@ fn session(
         (_, Err(e)) => log::warn!("session from {peer} failed: {e}"),
         _ => {}
     }
+    let mut failed = apply_res.is_err() || dec_failed;
     // Upstream problems matter only when apply did not already explain the end.
     if apply_res.is_ok() && !dec_failed {
         match dec_res {
@@ -228,12 +260,21 @@ fn session(
             _ => {}
         }
         match net_res {
-            Err(e) if !e.is_output() => log::warn!("session from {peer}: {e}"),
+            Err(e) if !e.is_output() => {
+                failed = true;
+                log::warn!("session from {peer}: {e}")
+            }
             _ => {}
         }
     }
     if let Some(StreamEnd::PartialTail { bytes }) = stats.end {
         log::warn!("session from {peer} ended inside a record (partial tail): its {bytes} bytes were ignored");
+    }
+    // Counted before the "ended" line, so whoever reads the log sees it counted.
+    if failed {
+        metrics.session_error();
+    } else {
+        metrics.session_ended();
     }
     log::info!(
         "session from {peer} ended: {stats} elapsed={:.3}s",
@@ -243,7 +284,7 @@ fn session(
         ckpt.session_end(stats.complete_lsn)
             .map_err(DaemonError::Db)?;
     }
-    notify(&status_line(follower));
+    notify_status(metrics, "");
     Ok(stats)
 }
 
@@ -262,10 +303,17 @@ struct CkptInner {
     wake: Condvar,
     /// Serialises writers of the file (the tmp name is shared).
     write: Mutex<()>,
+    /// For the STATUS line sent with each checkpoint.
+    metrics: Metrics,
 }
 
 impl Checkpointer {
-    fn start(fs: Arc<dyn Fs>, settings: &Settings, last_lsn: u64) -> Checkpointer {
+    fn start(
+        fs: Arc<dyn Fs>,
+        settings: &Settings,
+        last_lsn: u64,
+        metrics: Metrics,
+    ) -> Checkpointer {
         let Some(file) = settings.checkpoint_file.clone() else {
             return Checkpointer { inner: None };
         };
@@ -275,6 +323,7 @@ impl Checkpointer {
             state: Mutex::new((last_lsn, u64::MAX, false)),
             wake: Condvar::new(),
             write: Mutex::new(()),
+            metrics,
         });
         let interval = settings.checkpoint_interval;
         let t = inner.clone();
@@ -320,7 +369,7 @@ impl CkptInner {
         }
         meta::write_checkpoint(&*self.fs, &self.file, lsn)?;
         self.state.lock().unwrap().1 = lsn;
-        notify(&format!("STATUS=complete_lsn={lsn}"));
+        notify_status(&self.metrics, "");
         Ok(())
     }
 
@@ -357,16 +406,14 @@ fn session_options(settings: &Settings) -> SessionOptions {
     }
 }
 
-fn status_line(follower: &Follower) -> String {
-    let lsn = follower.meta().map_or(0, |m| m.last_lsn);
-    let mut msg = format!(
-        "STATUS=complete_lsn={} last_lsn={lsn}",
-        follower.complete_lsn()
-    );
-    if let Some(leader) = follower.leader_lsn() {
-        msg.push_str(&format!(" leader_lsn={leader}"));
+/// The STATUS line carries what `/metrics` and `qdb-ckpt --json` carry:
+/// last and complete LSN, and the lag once the leader's LSN is known.
+fn notify_status(metrics: &Metrics, extra: &str) {
+    let mut msg = format!("STATUS={}", metrics.snapshot().status());
+    if !extra.is_empty() {
+        msg = format!("{extra}\n{msg}");
     }
-    msg
+    notify(&msg);
 }
 
 /// Tell systemd (`Type=notify`) about a state change: one datagram of

@@ -32,6 +32,7 @@ use crate::format::layout::{
 };
 use crate::format::page::{self, PageCrc};
 use crate::format::wal::{Next, RecordHeader, StreamEnd, WalReader};
+use crate::metrics::Metrics;
 use crate::replica::complete::{self, Tracker};
 use crate::replica::heads::HeadTracker;
 use crate::storage::meta::{self, Meta};
@@ -64,7 +65,8 @@ pub struct ApplyOptions {
     pub batch_bytes: u64,
     /// Commit at least this often while data flows.
     pub batch_interval: Duration,
-    /// When the input pauses, wait this long for more before committing.
+    /// When the input pauses after a large batch, wait this long for more
+    /// before committing (small batches commit at once: `SMALL_BATCH_RECORDS`).
     pub idle_grace: Duration,
     /// Maintain DIR/dir for this many buckets (the leader's count); `None`
     /// leaves dir alone, as 1.x does.
@@ -88,6 +90,15 @@ impl Default for ApplyOptions {
         }
     }
 }
+
+/// A batch of at most this many records is "small": when the input pauses
+/// and both the batch so far and the one before it were small, the sender
+/// is sending lone frames (an idle leader's occasional write), so apply
+/// commits at once instead of waiting `idle_grace` for a burst that is not
+/// coming; that wait was most of a lone frame's latency. While records
+/// stream in, batches grow past this (records pile up during each fsync),
+/// and the grace comes back to keep them large.
+pub const SMALL_BATCH_RECORDS: u64 = 4;
 
 /// Input that can say what is readable without blocking, so apply can
 /// commit exactly when the next record has not fully arrived yet.
@@ -240,6 +251,11 @@ pub struct Follower {
     /// The complete LSN (src/complete.rs), persisted after meta.
     complete: Tracker,
     complete_hook: Option<Box<dyn FnMut(u64) + Send>>,
+    /// Records in the batch being built, and in the last one committed:
+    /// they choose the idle grace ([`SMALL_BATCH_RECORDS`]).
+    batch_records: u64,
+    prev_batch_records: u64,
+    metrics: Option<Metrics>,
 }
 
 /// At most this many per-record warnings per session, so a hostile stream
@@ -331,6 +347,9 @@ impl Follower {
             behind_warned: false,
             complete,
             complete_hook: None,
+            batch_records: 0,
+            prev_batch_records: 0,
+            metrics: None,
         })
     }
 
@@ -353,6 +372,13 @@ impl Follower {
     /// The leader's last_lsn from the latest qdb-ship heartbeat, if any.
     pub fn leader_lsn(&self) -> Option<u64> {
         self.complete.leader_lsn()
+    }
+
+    /// Count records, gaps and commits into `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        metrics.set_last_lsn(self.meta().map_or(0, |m| m.last_lsn));
+        metrics.set_complete_lsn(self.complete_lsn());
+        self.metrics = Some(metrics);
     }
 
     /// The durable meta, if the DB exists.
@@ -416,14 +442,16 @@ impl Follower {
         loop {
             // Group commit: when the next record has not fully arrived, the
             // sender has paused (or is slow): make the batch durable before
-            // blocking, after a short grace so a burst split across reads
-            // stays one batch.
+            // blocking. After a large batch, first a short grace so a burst
+            // split across reads stays one batch; after small ones, at once.
             while rd.get_mut().live() && self.dirty_or_behind() {
+                let small = self.batch_records <= SMALL_BATCH_RECORDS
+                    && self.prev_batch_records <= SMALL_BATCH_RECORDS;
                 let input = rd.get_mut();
                 if next_record_buffered(input) || input.closed() {
                     break;
                 }
-                if !input.wait(self.opts.idle_grace) {
+                if small || !input.wait(self.opts.idle_grace) {
                     self.commit(stats)?;
                     self.warn_if_behind();
                     break;
@@ -447,6 +475,10 @@ impl Follower {
                     self.saw_lsn(&hdr);
                     stats.records += 1;
                     stats.ignored += 1;
+                    self.batch_records += 1;
+                    if let Some(m) = &self.metrics {
+                        m.record_ignored();
+                    }
                     if hdr.rtype != WAL_TYPE_TRUNCATE {
                         log::debug!(
                             "ignored record of unknown type {} (lsn {})",
@@ -554,7 +586,9 @@ impl Follower {
         }
         self.saw_lsn(hdr);
         stats.records += 1;
-        if let Some(n) = page::v2_page_lsn(payload) {
+        self.batch_records += 1;
+        let new_lsn = page::v2_page_lsn(payload);
+        if let Some(n) = new_lsn {
             if n != hdr.lsn {
                 self.warn(format_args!(
                     "page {} record lsn {} carries page lsn {n}: gating on the page lsn, as QuiverDB 1.x does",
@@ -603,9 +637,15 @@ impl Follower {
             self.dirty = true;
             self.dirty_bytes += payload.len() as u64;
             stats.applied += 1;
+            if let Some(m) = &self.metrics {
+                m.record_applied();
+            }
             log::trace!("applied page {id} (page lsn {new_lsn:?})");
         } else {
             stats.skipped += 1;
+            if let Some(m) = &self.metrics {
+                m.record_skipped();
+            }
             log::trace!("skipped page {id} (page lsn {new_lsn:?}, not newer)");
         }
         Ok(())
@@ -675,6 +715,9 @@ impl Follower {
             if let Some(m) = crate::leader::marker::Marker::parse(hdr.rtype, &payload) {
                 log::debug!("marker {m:?}");
                 self.complete.marker(m);
+                if let (Some(metrics), Some(leader)) = (&self.metrics, self.complete.leader_lsn()) {
+                    metrics.set_leader_lsn(leader);
+                }
             }
         }
         Ok(end)
@@ -697,6 +740,9 @@ impl Follower {
             && hdr.lsn > 1
         {
             let (have, next) = (self.max_lsn, hdr.lsn);
+            if let Some(m) = &self.metrics {
+                m.gap();
+            }
             self.warn(format_args!(
                 "LSN gap: the follower has every LSN up to {have} but the stream continues at {next}: frames the leader truncated were never received; if they changed pages, re-seed the follower from a leader backup"
             ));
@@ -765,6 +811,7 @@ impl Follower {
 
     fn commit_inner(&mut self, stats: &mut SessionStats) -> Result<()> {
         self.last_commit = Instant::now();
+        self.prev_batch_records = std::mem::take(&mut self.batch_records);
         let Some((meta, store)) = self.db.as_mut() else {
             return Ok(());
         };
@@ -791,6 +838,9 @@ impl Follower {
             *meta = next;
             self.trusted_lsn = next.last_lsn;
             stats.commits += 1;
+            if let Some(m) = &self.metrics {
+                m.committed(next.last_lsn, self.last_commit.elapsed());
+            }
             log::debug!(
                 "commit: last_lsn={} next_page_id={}",
                 next.last_lsn,
@@ -804,6 +854,9 @@ impl Follower {
         if self.complete.changed() {
             complete::write(&*self.fs, &self.root, self.complete.value())?;
             self.complete.mark_durable();
+            if let Some(m) = &self.metrics {
+                m.set_complete_lsn(self.complete.durable());
+            }
             if let Some(hook) = self.complete_hook.as_mut() {
                 hook(self.complete.durable());
             }

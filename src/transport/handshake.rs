@@ -42,7 +42,9 @@ use crate::format::layout::WAL_HEADER_LEN;
 use crate::format::wal::check_stream_header;
 use crate::transport::auth::{self, Token};
 use crate::transport::link::Link;
-use crate::transport::net::{self, Listener, NetError, PeerLog, PeerStream, SessionOptions, TICK};
+use crate::transport::net::{
+    self, Listener, NetError, PeerLog, PeerStream, RefusedHook, SessionOptions, TICK,
+};
 use crate::transport::tls::{ServerTls, TlsStream};
 
 /// Connections in handshake at once; more are closed at accept.
@@ -77,6 +79,8 @@ pub struct HandshakeOptions {
     pub timeout: Duration,
     pub expect: Expect,
     pub session: SessionOptions,
+    /// Told about every refused or failed connection.
+    pub on_refused: Option<RefusedHook>,
 }
 
 /// A connection that passed the handshake, with the stream bytes already
@@ -252,7 +256,7 @@ impl Acceptor {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
             pending: AtomicUsize::new(0),
-            log: PeerLog::default(),
+            log: PeerLog::with_hook(opts.on_refused.clone()),
             opts,
             shutdown,
         });

@@ -24,7 +24,7 @@ use log::{info, warn};
 
 use super::handshake::{self, Acceptor, Conn, Expect, HandshakeOptions};
 use super::link::Link;
-use super::net::{self, NetError, SessionOptions};
+use super::net::{self, NetError, RefusedHook, SessionOptions};
 use super::net::{connect_with_backoff, sleep_unless_shutdown, AllowList, Backoff, Listener};
 
 /// Where the stream comes from.
@@ -48,6 +48,9 @@ pub struct Secure {
     pub expect: Expect,
     /// Socket options of every connection.
     pub session: SessionOptions,
+    /// Listen mode: told about each refused or failed peer (allow list,
+    /// TLS, token, header), e.g. to count them.
+    pub on_refused: Option<RefusedHook>,
 }
 
 /// What the session handler says once a session is over.
@@ -77,7 +80,7 @@ pub fn serve<E: From<NetError>>(
     watch_hangup(hangup, shutdown.clone(), &secure.link);
     match endpoint {
         Endpoint::Listen { addr, allow } => {
-            let listener = Listener::bind(&addr, allow)?;
+            let listener = Listener::bind(&addr, allow)?.on_refused(secure.on_refused.clone());
             let local = listener.local_addr();
             let acceptor = Acceptor::start(
                 listener,
@@ -87,6 +90,7 @@ pub fn serve<E: From<NetError>>(
                     timeout: secure.link.handshake_timeout,
                     expect: secure.expect,
                     session: secure.session,
+                    on_refused: secure.on_refused.clone(),
                 },
                 shutdown.clone(),
             );

@@ -31,7 +31,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 pub use allow::{AllowList, Cidr, CidrError};
 pub use backoff::{Backoff, MIN_RECONNECT};
 pub use framer::{SessionFramer, MAX_FRAMED_PAYLOAD};
-pub use peerlog::{PeerLog, LOG_INTERVAL, LOG_LINES_PER_INTERVAL};
+pub use peerlog::{PeerLog, RefusedHook, LOG_INTERVAL, LOG_LINES_PER_INTERVAL};
 
 /// The longest a blocking call sleeps before looking at the shutdown flag.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -173,6 +173,8 @@ pub struct Listener {
     listener: TcpListener,
     local: SocketAddr,
     allow: AllowList,
+    /// Logs refused peers, rate-limited, and tells its hook (the daemon's
+    /// metrics) about each.
     refusals: PeerLog,
 }
 
@@ -215,6 +217,12 @@ impl Listener {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Tell `hook` about each peer refused by the allow list.
+    pub fn on_refused(mut self, hook: Option<RefusedHook>) -> Listener {
+        self.refusals = PeerLog::with_hook(hook);
+        self
     }
 
     /// Wait for the next allowed peer. Peers outside the allow list are

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One log line per peer address per interval.
@@ -18,6 +18,18 @@ pub struct PeerLog {
     inner: Mutex<PeerLogInner>,
     /// Every refusal and failure since start.
     total: AtomicU64,
+    /// Told about every refusal, logged or not (the daemon's metrics).
+    hook: Option<RefusedHook>,
+}
+
+/// A counter callback for refused peers.
+#[derive(Clone)]
+pub struct RefusedHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for RefusedHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusedHook")
+    }
 }
 
 #[derive(Debug)]
@@ -40,15 +52,27 @@ impl Default for PeerLog {
                 dropped: 0,
             }),
             total: AtomicU64::new(0),
+            hook: None,
         }
     }
 }
 
 impl PeerLog {
+    /// A log that also tells `hook` about every refusal.
+    pub fn with_hook(hook: Option<RefusedHook>) -> PeerLog {
+        PeerLog {
+            hook,
+            ..PeerLog::default()
+        }
+    }
+
     /// Count a refusal or failure of `peer`; log `msg` at warn unless this
     /// peer was logged within [`LOG_INTERVAL`] or the overall budget is spent.
     pub fn warn(&self, peer: SocketAddr, msg: &dyn std::fmt::Display) {
         let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(h) = &self.hook {
+            (h.0)();
+        }
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if now.duration_since(g.window) >= LOG_INTERVAL {
