@@ -240,18 +240,6 @@ fn wal_ship_loses_frames_complete_lsn_stops_at_the_first_gap_and_qdb_ship_heals(
     assert_eq!(ckpt(&f), want);
 }
 
-/// A tiny deterministic generator (no rand dependency).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
 /// Done when 4: qdb-ship killed with SIGKILL at random points of catch-ups
 /// and of tailing (while writer sessions run), restarted each time from
 /// `qdb-ckpt`: the complete LSN never claims a page the follower lacks, and
@@ -268,7 +256,7 @@ fn sigkill_at_random_points_resumes_from_qdb_ckpt_and_ends_equal() {
         .unwrap()
         .as_nanos() as u64;
     eprintln!("seed {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = testkit::rng::Rng::new(seed);
     let mut cut_early = 0;
     for round in 0..8u32 {
         let since = if f.join("meta").exists() { ckpt(&f) } else { 0 };
@@ -292,11 +280,11 @@ fn sigkill_at_random_points_resumes_from_qdb_ckpt_and_ends_equal() {
             .unwrap();
         if round % 2 == 0 {
             // Killed while tailing a writer.
-            p.sessions(&l, 5 + rng.next(10) as u32, 100 + round);
-            std::thread::sleep(Duration::from_millis(rng.next(20)));
+            p.sessions(&l, 5 + rng.below(10) as u32, 100 + round);
+            std::thread::sleep(Duration::from_millis(rng.below(20)));
         } else {
             // Killed somewhere in the catch-up (or just after it).
-            std::thread::sleep(Duration::from_micros(500 + rng.next(20_000)));
+            std::thread::sleep(Duration::from_micros(500 + rng.below(20_000)));
         }
         ship.kill().unwrap();
         ship.wait().unwrap();
