@@ -11,12 +11,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use quiverdb_follower::format::layout::{
-    pages_per_segment, segment_file_name, NO_PAGE, WAL_TYPE_PAGE_IMAGE,
-};
-use quiverdb_follower::format::page::overflow_page;
-use quiverdb_follower::format::wal::{encode_record, stream_header};
+use quiverdb_follower::format::layout::{pages_per_segment, segment_file_name};
 use quiverdb_follower::{DbLock, StdFs};
+use testkit::stream::StreamBuilder;
 
 const APPLY: &str = env!("CARGO_BIN_EXE_qdb-apply");
 const CKPT: &str = env!("CARGO_BIN_EXE_qdb-ckpt");
@@ -26,18 +23,11 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_quiverdb-follower");
 
 /// A WAL stream of page images `(page_id, lsn)` for page size `ps`.
 fn stream(ps: u32, pages: &[(u64, u64)]) -> Vec<u8> {
-    let mut s = stream_header().to_vec();
+    let mut s = StreamBuilder::with_page_size(ps);
     for &(id, lsn) in pages {
-        let p = overflow_page(
-            ps,
-            id,
-            NO_PAGE,
-            lsn,
-            format!("page {id} lsn {lsn}").as_bytes(),
-        );
-        encode_record(&mut s, WAL_TYPE_PAGE_IMAGE, lsn, id, &p);
+        s.page(lsn, id, format!("page {id} lsn {lsn}").as_bytes());
     }
-    s
+    s.build()
 }
 
 fn cmd(bin: &str, args: &[&dyn AsRef<OsStr>]) -> Command {
