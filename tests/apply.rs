@@ -450,13 +450,8 @@ fn sigkill_at_random_points_then_resume_ends_identical() {
     let reference = t.path().join("ref");
     assert!(apply(&reference, &s).status.success());
     let db = t.path().join("f");
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rng = testkit::rng::Rng::new(0x9E37_79B9_7F4A_7C15);
+    let mut next = move |n: u64| rng.below(n);
     let mut kills = 0;
     let mut resumes_from = Vec::new();
     for _ in 0..25 {

@@ -97,13 +97,8 @@ fn daemon_sigkill_at_random_points_then_resume_from_checkpoint_ends_identical() 
     let t = tempfile::tempdir().unwrap();
     let db = t.path().join("f");
     let ck = t.path().join("last_lsn");
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rng = testkit::rng::Rng::new(0x2545_F491_4F6C_DD1D);
+    let mut next = move |n: u64| rng.below(n);
     const KILLS: usize = 50;
     let mut resumes_from = Vec::new();
     // Kills that left records received but not yet durable (informational).

@@ -23,7 +23,7 @@ use quiverdb_follower::format::{page, wal};
 use quiverdb_follower::{ApplyOptions, Follower, Plain, SessionStats};
 use quiverdb_follower::{Fs, FsyncPolicy};
 use testkit::fault::{CrashMode, Fault, FaultAction, OpKind, SimFs};
-use testkit::stream::{check_claims, StreamIndex};
+use testkit::stream::{check_claims, StreamBuilder, StreamIndex};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quiverdb-1.2.5");
 
@@ -350,12 +350,11 @@ fn eio_on_folder_fsync_after_the_rename_is_safe_either_way() {
 /// A stream whose pages span two segments at 4 KiB pages (8192 pages each):
 /// allocating page 8192 extends the first segment to its full length.
 fn two_segment_stream() -> StreamIndex {
-    let mut s = wal::stream_header().to_vec();
+    let mut s = StreamBuilder::new();
     for (lsn, id) in [(1u64, 0u64), (2, 100), (3, 8192), (4, 8193), (5, 0)] {
-        let p = page::overflow_page(4096, id, NO_PAGE, lsn, format!("page {id}").as_bytes());
-        wal::encode_record(&mut s, WAL_TYPE_PAGE_IMAGE, lsn, id, &p);
+        s.page(lsn, id, format!("page {id}").as_bytes());
     }
-    StreamIndex::new(&s)
+    s.index()
 }
 
 #[test]
@@ -524,18 +523,15 @@ fn real_disk_full_on_a_small_tmpfs() {
 /// rewrite, a non-v2 payload), an unknown type, and a leader truncation
 /// (TRUNCATE + mid-stream header).
 fn synthetic_stream() -> StreamIndex {
-    let mut s = wal::stream_header().to_vec();
-    let p0 = page::overflow_page(4096, 0, NO_PAGE, 1, b"first image of page 0");
-    wal::encode_record(&mut s, WAL_TYPE_PAGE_IMAGE, 1, 0, &p0);
-    let p2 = page::overflow_page(4096, 2, NO_PAGE, 2, b"page 2, after a gap");
-    wal::encode_record(&mut s, WAL_TYPE_PAGE_IMAGE, 2, 2, &p2);
-    wal::encode_record(&mut s, 7, 3, 9, b"unknown!!");
-    wal::encode_truncate(&mut s);
-    s.extend_from_slice(&wal::stream_header());
-    let p0b = page::overflow_page(4096, 0, NO_PAGE, 4, b"second image of page 0");
-    wal::encode_record(&mut s, WAL_TYPE_PAGE_IMAGE, 4, 0, &p0b);
-    wal::encode_record(&mut s, WAL_TYPE_PAGE_IMAGE, 5, 1, &[0xAB; 4096]);
-    StreamIndex::new(&s)
+    StreamBuilder::new()
+        .page(1, 0, b"first image of page 0")
+        .page(2, 2, b"page 2, after a gap")
+        .record(7, 3, 9, b"unknown!!")
+        .truncate()
+        .header()
+        .page(4, 0, b"second image of page 0")
+        .page_image(5, 1, &[0xAB; 4096])
+        .index()
 }
 
 fn synthetic_expected() -> BTreeMap<String, Vec<u8>> {

@@ -609,8 +609,7 @@ fn power_loss_at_every_op_of_a_restore() {
                 }
             }
             fs.clear_faults();
-            let fs2 = fs.clone();
-            restore_dir(Arc::new(fs2), &root, &bk, &restore_opts())
+            unlocked(|| restore_dir(Arc::new(fs.clone()), &root, &bk, &restore_opts()))
                 .unwrap_or_else(|e| panic!("{what}: rerun: {e}"));
             fs.crash(CrashMode::LoseUnsynced);
             let d = durable_files(&fs, &root);
@@ -686,12 +685,30 @@ fn power_loss_at_every_op_of_a_promote() {
                 );
             }
             fs.clear_faults();
-            promote(Arc::new(fs.clone()), &root, &opts)
+            unlocked(|| promote(Arc::new(fs.clone()), &root, &opts))
                 .unwrap_or_else(|e| panic!("{what}: rerun: {e}"));
             fs.crash(CrashMode::LoseUnsynced);
             let mut got = durable_files(&fs, &root);
             got.retain(|n, _| !n.ends_with(".tmp"));
             assert_eq!(got, after, "{what}: final state");
+        }
+    }
+}
+
+/// Run `f`, retrying for a moment while the DB lock is held. The lock is a
+/// real `flock`: when another test thread forks a child just as this test
+/// held it, the child shares the lock's open file until it execs, so a rerun
+/// right after a crash can find it held for an instant.
+fn unlocked<T>(
+    mut f: impl FnMut() -> quiverdb_follower::Result<T>,
+) -> quiverdb_follower::Result<T> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match f() {
+            Err(quiverdb_follower::Error::Locked { .. }) if std::time::Instant::now() < end => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r,
         }
     }
 }

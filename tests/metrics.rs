@@ -126,7 +126,7 @@ fn scrape_after_fixture_streams_matches_the_log_qdb_ckpt_and_promtool() {
     let mut lines = Vec::new();
     for part in [&first, &second] {
         d.session(part);
-        lines.push(d.log.last().unwrap().clone());
+        lines.push(d.log().last().unwrap().clone());
     }
     let last = read_last_lsn(&db);
     assert_eq!(last, 1191);

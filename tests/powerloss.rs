@@ -357,13 +357,8 @@ fn torn_page_is_detected_by_its_crc_and_overwritten_by_the_next_image() {
             Some(on_disk_lsn)
         );
         if tear {
-            let mut x = 0x9E37_79B9_7F4A_7C15u64;
-            for b in &mut page[2048..] {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
+            let garbage = testkit::rng::Rng::new(0x9E37_79B9_7F4A_7C15).bytes(2048);
+            page[2048..].copy_from_slice(&garbage);
             assert!(matches!(
                 quiverdb_follower::format::page::check_page_crc(page),
                 quiverdb_follower::format::page::PageCrc::Mismatch { .. }

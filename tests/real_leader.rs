@@ -240,18 +240,6 @@ fn wal_ship_loses_frames_complete_lsn_stops_at_the_first_gap_and_qdb_ship_heals(
     assert_eq!(ckpt(&f), want);
 }
 
-/// A tiny deterministic generator (no rand dependency).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
 /// Done when 4: qdb-ship killed with SIGKILL at random points of catch-ups
 /// and of tailing (while writer sessions run), restarted each time from
 /// `qdb-ckpt`: the complete LSN never claims a page the follower lacks, and
@@ -263,12 +251,18 @@ fn sigkill_at_random_points_resumes_from_qdb_ckpt_and_ends_equal() {
     let (l, f) = (d.path().join("leader"), d.path().join("follower"));
     p.db_init(&l, 64);
     p.sessions(&l, 60, 3);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    // QDB_TEST_SEED replays a failing run; the seed is printed either way.
+    let seed = std::env::var("QDB_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     eprintln!("seed {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = testkit::rng::Rng::new(seed);
     let mut cut_early = 0;
     for round in 0..8u32 {
         let since = if f.join("meta").exists() { ckpt(&f) } else { 0 };
@@ -292,20 +286,21 @@ fn sigkill_at_random_points_resumes_from_qdb_ckpt_and_ends_equal() {
             .unwrap();
         if round % 2 == 0 {
             // Killed while tailing a writer.
-            p.sessions(&l, 5 + rng.next(10) as u32, 100 + round);
-            std::thread::sleep(Duration::from_millis(rng.next(20)));
+            p.sessions(&l, 5 + rng.below(10) as u32, 100 + round);
+            std::thread::sleep(Duration::from_millis(rng.below(20)));
         } else {
             // Killed somewhere in the catch-up (or just after it).
-            std::thread::sleep(Duration::from_micros(500 + rng.next(20_000)));
+            std::thread::sleep(Duration::from_micros(500 + rng.below(20_000)));
         }
         ship.kill().unwrap();
         ship.wait().unwrap();
         let out = applier.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        // Killed before the 16-byte header left qdb-ship: qdb-apply's
+        // documented "nothing usable" refusal (exit 1), nothing applied.
+        let before_header = out.status.code() == Some(1)
+            && err.contains("before the 16-byte WAL stream header was complete");
+        assert!(out.status.success() || before_header, "seed {seed}: {err}");
         // No writer runs now: every leader page at or below the complete
         // LSN must be on the follower with that very LSN.
         let c = ckpt(&f);

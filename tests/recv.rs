@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use quiverdb_follower::format::layout::{
-    le_u32, WAL_HEADER_LEN, WAL_MAGIC, WAL_RECORD_HEADER_LEN, WAL_REC_OFF_LEN,
-};
+use quiverdb_follower::format::layout::{WAL_HEADER_LEN, WAL_MAGIC};
+use testkit::stream::StreamIndex;
 
 const BIN: &str = env!("CARGO_BIN_EXE_qdb-recv");
 const WAIT: Duration = Duration::from_secs(15);
@@ -28,18 +27,24 @@ fn fixture(case: &str, file: &str) -> Vec<u8> {
 }
 
 /// A raw stream cut into what wal-ship writes and flushes one at a time:
-/// the header, then each record (or mid-stream header).
+/// the header, then each record (or mid-stream header), as
+/// `testkit::stream::StreamIndex` reads them; then whatever follows the last
+/// complete record (a cut), if anything.
 fn frames(stream: &[u8]) -> Vec<&[u8]> {
-    let mut out = vec![&stream[..WAL_HEADER_LEN]];
-    let mut pos = WAL_HEADER_LEN;
-    while pos < stream.len() {
-        let len = if stream[pos..].starts_with(WAL_MAGIC) {
-            WAL_HEADER_LEN
-        } else {
-            WAL_RECORD_HEADER_LEN + le_u32(stream, pos + WAL_REC_OFF_LEN) as usize
-        };
-        out.push(&stream[pos..pos + len]);
-        pos += len;
+    let idx = StreamIndex::new(stream);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for r in &idx.records {
+        // The gap before a record: the stream header, or mid-stream ones.
+        while pos < r.offset {
+            out.push(&stream[pos..pos + WAL_HEADER_LEN]);
+            pos += WAL_HEADER_LEN;
+        }
+        out.push(&stream[r.offset..r.end]);
+        pos = r.end;
+    }
+    if pos < stream.len() {
+        out.push(&stream[pos..]);
     }
     out
 }
@@ -79,12 +84,11 @@ fn ship(stream: TcpStream, bytes: &[u8]) -> std::io::Result<TcpStream> {
     w.into_inner().map_err(|e| e.into_error())
 }
 
+/// Whether `bytes` is a whole stream: complete records (and headers) to the end.
 fn frames_cover(bytes: &[u8]) -> bool {
-    let mut pos = WAL_HEADER_LEN;
-    while pos + WAL_RECORD_HEADER_LEN <= bytes.len() {
-        pos += WAL_RECORD_HEADER_LEN + le_u32(bytes, pos + WAL_REC_OFF_LEN) as usize;
-    }
-    pos == bytes.len()
+    let idx = StreamIndex::new(bytes);
+    let end = idx.records.last().map_or(WAL_HEADER_LEN, |r| r.end);
+    idx.stopped_at_crc_error.is_none() && end == bytes.len()
 }
 
 fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {

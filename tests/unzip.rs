@@ -3,6 +3,7 @@
 //! Every run goes through [`run`] or [`Live`], which kill the child and fail
 //! the test after a generous deadline instead of hanging the suite.
 
+use quiverdb_follower::format::layout::WAL_HEADER_LEN;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -140,14 +141,15 @@ fn assert_error(out: &Out, message: &str, what: &str) {
 }
 
 /// The pieces wal-ship writes between flushes: the 16-byte header, then each
-/// record (28-byte header + payload; len at offset 20).
+/// record (28-byte header + payload).
 fn wal_pieces(stream: &[u8]) -> Vec<&[u8]> {
-    let mut pieces = vec![&stream[..16]];
-    let mut pos = 16;
-    while pos < stream.len() {
-        let len = u32::from_le_bytes(stream[pos + 20..pos + 24].try_into().unwrap()) as usize;
-        pieces.push(&stream[pos..pos + 28 + len]);
-        pos += 28 + len;
+    let idx = testkit::stream::StreamIndex::new(stream);
+    let mut pieces = vec![&stream[..WAL_HEADER_LEN]];
+    let mut pos = WAL_HEADER_LEN;
+    for r in &idx.records {
+        assert_eq!(r.offset, pos, "fixture stream has a gap at {pos}");
+        pieces.push(&stream[r.offset..r.end]);
+        pos = r.end;
     }
     assert_eq!(pos, stream.len(), "fixture stream ends inside a record");
     pieces

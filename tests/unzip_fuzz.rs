@@ -234,9 +234,11 @@ fn decompression_bombs_through_the_daemon_keep_memory_small_and_the_follower_unc
             // The daemon drops the connection on the error; our write then fails.
             let reported = d.session(&bomb);
             assert!(
-                d.log.iter().any(|l| l.contains(&format!("failed: {err}"))),
+                d.log()
+                    .iter()
+                    .any(|l| l.contains(&format!("failed: {err}"))),
                 "{c} {name}: {:#?}",
-                d.log
+                d.log()
             );
             assert_eq!(reported, 1, "{c} {name}");
         }

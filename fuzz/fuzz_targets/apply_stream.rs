@@ -1,5 +1,5 @@
 //! Arbitrary bytes as one WAL stream, applied by `Follower::apply` to a
-//! follower on the simulated file system. The checks live in the library
+//! follower on the simulated file system. The checks live in testkit
 //! (`testkit::fuzz::fuzz_apply_stream`) so that `tests/hostile.rs`
 //! runs the same code over the seed corpus on stable Rust.
 #![no_main]

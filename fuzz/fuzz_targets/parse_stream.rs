@@ -1,5 +1,5 @@
 //! Arbitrary bytes through the WAL stream reader alone (no apply), compared
-//! with the independent parser in `fault::StreamIndex`: both must see the
+//! with the independent parser in `testkit::stream::StreamIndex`: both must see the
 //! same CRC-valid records, in the same order, up to the same point.
 #![no_main]
 

@@ -1,17 +1,93 @@
-//! Streams for tests: an index of a stream's records, read independently
-//! of the library's `WalReader` (a second implementation of spec §5, so the
-//! two check each other), the `--since-lsn` slice an operator would resume
-//! with, and the durability check [`check_claims`].
+//! Streams for tests: a builder ([`StreamBuilder`]), an index of a
+//! stream's records read independently of the library's `WalReader` (a
+//! second implementation of spec §5, so the two check each other), the
+//! `--since-lsn` slice an operator would resume with, and the durability
+//! check [`check_claims`]. Tests use these rather than offsets of their own.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use quiverdb_follower::format::layout::*;
 use quiverdb_follower::format::page::{self, PageCrc};
-use quiverdb_follower::format::wal::record_crc;
+use quiverdb_follower::format::wal::{self, record_crc};
 use quiverdb_follower::Meta;
 
 use crate::fault::SimFs;
+
+/// Builds a stream for a test: the 16-byte header, then records with valid
+/// CRCs in the order they are added.
+#[derive(Clone, Debug)]
+pub struct StreamBuilder {
+    bytes: Vec<u8>,
+    page_size: u32,
+}
+
+impl Default for StreamBuilder {
+    fn default() -> Self {
+        StreamBuilder::new()
+    }
+}
+
+impl StreamBuilder {
+    /// A stream header; page images are 4 KiB.
+    pub fn new() -> StreamBuilder {
+        StreamBuilder::with_page_size(4096)
+    }
+
+    /// A stream header; page images are `page_size` bytes.
+    pub fn with_page_size(page_size: u32) -> StreamBuilder {
+        StreamBuilder {
+            bytes: wal::stream_header().to_vec(),
+            page_size,
+        }
+    }
+
+    /// A PAGE_IMAGE record of page `page_id` at `lsn`: a v2 OVERFLOW page
+    /// holding `chunk`, with page LSN `lsn` and a valid page CRC.
+    pub fn page(&mut self, lsn: u64, page_id: u64, chunk: &[u8]) -> &mut Self {
+        let p = page::overflow_page(self.page_size, page_id, NO_PAGE, lsn, chunk);
+        self.record(WAL_TYPE_PAGE_IMAGE, lsn, page_id, &p)
+    }
+
+    /// A PAGE_IMAGE record with `payload` as it is (any length or content).
+    pub fn page_image(&mut self, lsn: u64, page_id: u64, payload: &[u8]) -> &mut Self {
+        self.record(WAL_TYPE_PAGE_IMAGE, lsn, page_id, payload)
+    }
+
+    /// A record of any type, with a valid record CRC.
+    pub fn record(&mut self, rtype: u8, lsn: u64, page_id: u64, payload: &[u8]) -> &mut Self {
+        wal::encode_record(&mut self.bytes, rtype, lsn, page_id, payload);
+        self
+    }
+
+    /// A TRUNCATE record (the leader truncated its WAL).
+    pub fn truncate(&mut self) -> &mut Self {
+        wal::encode_truncate(&mut self.bytes);
+        self
+    }
+
+    /// A repeated stream header in mid-stream (after a truncation).
+    pub fn header(&mut self) -> &mut Self {
+        self.bytes.extend_from_slice(&wal::stream_header());
+        self
+    }
+
+    /// Bytes as they are (records of another stream, garbage, a cut).
+    pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(bytes);
+        self
+    }
+
+    /// The stream so far.
+    pub fn build(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+
+    /// The stream so far, indexed.
+    pub fn index(&self) -> StreamIndex {
+        StreamIndex::new(&self.bytes)
+    }
+}
 
 /// One CRC-valid, complete record of a stream.
 #[derive(Clone, Debug)]
@@ -109,6 +185,33 @@ impl StreamIndex {
             out.extend_from_slice(&self.bytes[r.offset..r.end]);
         }
         out
+    }
+
+    /// The stream again with every LSN (record and page) moved up by `by`:
+    /// the same pages rewritten later, as a leader's churn rewrites them.
+    /// Mid-stream headers are dropped.
+    pub fn restamp(&self, by: u64) -> Vec<u8> {
+        let mut out = StreamBuilder::new();
+        for r in &self.records {
+            let mut p = self.payload(r).to_vec();
+            page::commit_stamp(&mut p, r.lsn + by);
+            out.record(r.rtype, r.lsn + by, r.page_id, &p);
+        }
+        out.build()
+    }
+
+    /// For every page, the highest page LSN among the page images with
+    /// `lsn <= last_lsn`: what a follower claiming `last_lsn` must hold at
+    /// least.
+    pub fn claimed_page_lsns(&self, last_lsn: u64) -> HashMap<u64, u64> {
+        let mut m = HashMap::new();
+        for r in self.records.iter().filter(|r| r.lsn <= last_lsn) {
+            if let Some(l) = r.page_lsn {
+                let e = m.entry(r.page_id).or_insert(0);
+                *e = l.max(*e);
+            }
+        }
+        m
     }
 
     /// The LSN meta should hold after applying `bytes[..cut]` as a whole
@@ -274,5 +377,45 @@ mod tests {
         let lsns: Vec<u64> = tail.records.iter().map(|r| r.lsn).collect();
         assert_eq!(lsns, vec![2, 3]);
         assert_eq!(idx.last_lsn_within(16 + 2 * 4124 + 10), 2);
+    }
+
+    #[test]
+    fn builder_writes_what_the_index_reads() {
+        let s = StreamBuilder::new()
+            .page(1, 0, b"a")
+            .page(2, 5, b"b")
+            .truncate()
+            .header()
+            .page(3, 0, b"c")
+            .build();
+        let idx = StreamIndex::new(&s);
+        let got: Vec<(u8, u64, u64, Option<u64>)> = idx
+            .records
+            .iter()
+            .map(|r| (r.rtype, r.lsn, r.page_id, r.page_lsn))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (WAL_TYPE_PAGE_IMAGE, 1, 0, Some(1)),
+                (WAL_TYPE_PAGE_IMAGE, 2, 5, Some(2)),
+                (WAL_TYPE_TRUNCATE, 0, 0, None),
+                (WAL_TYPE_PAGE_IMAGE, 3, 0, Some(3)),
+            ]
+        );
+        assert_eq!(idx.stopped_at_crc_error, None);
+        let claimed = idx.claimed_page_lsns(2);
+        assert_eq!(claimed.get(&0), Some(&1));
+        assert_eq!(claimed.get(&5), Some(&2));
+        let later = StreamIndex::new(&idx.restamp(10));
+        let lsns: Vec<(u64, Option<u64>)> =
+            later.records.iter().map(|r| (r.lsn, r.page_lsn)).collect();
+        assert_eq!(
+            lsns,
+            vec![(11, Some(11)), (12, Some(12)), (10, None), (13, Some(13))]
+        );
+        for r in later.records.iter().filter(|r| r.page_lsn.is_some()) {
+            assert_eq!(page::check_page_crc(later.payload(r)), PageCrc::Valid);
+        }
     }
 }

@@ -4,55 +4,36 @@
 //! deadline; the child is killed on drop.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_quiverdb-follower");
 /// Deadline of any single wait; only turns a hang into a failure.
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub struct Daemon {
-    pub child: Child,
+    /// The process, its stderr read into lines on a thread (so the pipe
+    /// never fills) by the testkit harness.
+    pub child: testkit::child::Child,
     pub addr: SocketAddr,
-    /// stderr lines, read on a thread so the pipe never fills.
-    lines: Receiver<String>,
-    /// Lines consumed so far (for failure messages).
-    pub log: Vec<String>,
 }
 
 impl Daemon {
     /// `quiverdb-follower --path DB --listen 127.0.0.1:0 ARGS...` at log
     /// level info; returns once it logged "listening on ADDR".
     pub fn start(db: &Path, args: &[&str]) -> Daemon {
-        let mut child = Command::new(DAEMON)
-            .args(["--path", db.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut cmd = testkit::child::command(
+            DAEMON,
+            &["--path", db.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+            &[("RUST_LOG", "info"), ("RUST_BACKTRACE", "1")],
+        );
+        cmd.args(args);
         let mut d = Daemon {
-            child,
+            child: testkit::child::Child::spawn(cmd),
             addr: "127.0.0.1:1".parse().unwrap(),
-            lines,
-            log: Vec::new(),
         };
         let l = d.wait_line("listening on ");
         d.addr = l
@@ -65,35 +46,20 @@ impl Daemon {
         d
     }
 
-    /// The next log line containing `needle`.
+    /// The next log line containing `needle` (after the lines earlier
+    /// waits consumed).
     pub fn wait_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.log.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no {needle:?} from the daemon in {WAIT:?}; log: {:#?}",
-                        self.log
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("the daemon exited before {needle:?}; log: {:#?}", self.log)
-                }
-            }
-        }
+        self.child.wait_next(needle, WAIT)
+    }
+
+    /// The lines consumed by waits so far (for failure messages).
+    pub fn log(&self) -> Vec<String> {
+        self.child.consumed()
     }
 
     /// Everything logged so far, including lines not consumed yet.
     pub fn all_log(&mut self) -> Vec<String> {
-        self.log.extend(self.lines.try_iter());
-        self.log.clone()
+        self.child.lines()
     }
 
     /// A leader connection, as wal-ship opens it.
@@ -127,26 +93,11 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+        self.child.signal(sig);
     }
 
     /// Wait for the exit, failing past the deadline.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "the daemon did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait_exit(WAIT)
     }
 }
