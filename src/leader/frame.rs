@@ -8,7 +8,7 @@
 //! One difference: when the tail goes idle the pending frames are flushed,
 //! so a committed frame never waits for `flush_every - 1` more.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IoSlice, Write};
 
 use crate::transport::codec::Compression;
 
@@ -91,6 +91,29 @@ impl<W: Write> FrameWriter<W> {
         {
             self.flush()?;
         }
+        Ok(())
+    }
+
+    /// Many frames at once (a catch-up batch), outside the flush policy:
+    /// the caller flushes. Uncompressed, a batch larger than the buffer goes
+    /// to the sink as vectored writes without being copied (BufWriter
+    /// passes it through); per-frame flushes would cost a system call (and
+    /// a compressed block) per page.
+    pub fn bulk(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        let n: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut v = bufs.to_vec();
+        let mut rest = &mut v[..];
+        IoSlice::advance_slices(&mut rest, 0);
+        while !rest.is_empty() {
+            match self.w().write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => IoSlice::advance_slices(&mut rest, k),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.written += n as u64;
+        self.pending |= n > 0;
         Ok(())
     }
 
