@@ -82,6 +82,17 @@ pub enum Sink {
     File(PathBuf),
 }
 
+/// As the user writes it in `--sink` (error messages show this).
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Stdout => f.write_str("stdout"),
+            Sink::Tcp(a) => write!(f, "tcp://{a}"),
+            Sink::File(p) => write!(f, "file://{}", p.display()),
+        }
+    }
+}
+
 impl Sink {
     pub fn parse(s: &str) -> Result<Sink, ShipError> {
         if let Some(a) = s.strip_prefix("tcp://").filter(|a| a.contains(':')) {
@@ -97,7 +108,7 @@ impl Sink {
     /// retry), or create/truncate the file (and its parent folders).
     pub fn open(&self) -> Result<Box<dyn Write + Send>, ShipError> {
         let fail = |source| ShipError::OpenSink {
-            sink: format!("{self:?}"),
+            sink: self.to_string(),
             source,
         };
         Ok(match self {
