@@ -11,7 +11,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, free_port, read_last_lsn, records, run, stderr, wait_for, LoggedChild};
+use common::{
+    assert_one_line_error, bin, free_port, read_last_lsn, records, run, stderr, wait_for,
+    LoggedChild,
+};
 use peer::{ckpt, page_lsns, s, Peer};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -84,6 +87,109 @@ fn cli_sessions_shipped_by_qdb_ship_follow_zstd_end_equal() {
     eprintln!("catch-ups: {}", ship.count("catch-up since"));
     p.assert_equal(&l, &f);
     assert_eq!(ckpt(&f), read_last_lsn(&f), "complete LSN = meta.last_lsn");
+}
+
+/// Done when 2: one long-lived writer (a program on the QuiverDB library,
+/// `Db::open` once) whose WAL rotates at least 3 times while `qdb-ship
+/// --follow --compress zstd` feeds our daemon over TCP: once settled,
+/// QuiverDB's `db-scan` gives the same entries on both sides, `dir` and
+/// every data segment are byte-identical, and the complete LSN is the
+/// leader's last_lsn.
+#[test]
+fn long_lived_writer_with_wal_rotations_shipped_by_qdb_ship_ends_equal() {
+    let Some(p) = Peer::get() else { return };
+    let Some(writer) = peer::long_lived_writer(&p) else {
+        return;
+    };
+    // QuiverDB fsyncs every page it writes: on tmpfs that costs nothing,
+    // so thousands of commits (and their rotations) fit in seconds.
+    let shm = Path::new("/dev/shm");
+    let d = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let (l, f) = (d.path().join("leader"), d.path().join("follower"));
+    p.db_init(&l, 64);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut daemon = LoggedChild::spawn(
+        "quiverdb-follower",
+        &[
+            "--path",
+            s(&f),
+            "--listen",
+            &addr,
+            "--buckets",
+            "64",
+            "--decompress",
+            "zstd",
+        ],
+        &[],
+    );
+    daemon.wait_log("listening on", WAIT);
+    let sink = format!("tcp://{addr}");
+    let mut ship = LoggedChild::spawn(
+        "qdb-ship",
+        &[
+            "--path",
+            s(&l),
+            "--follow",
+            "--compress",
+            "zstd",
+            "--sink",
+            &sink,
+        ],
+        &[("RUST_LOG", "quiverdb_follower::leader=debug")],
+    );
+    let started = Instant::now();
+    // The default P1_DATA_FSYNC=1: with it the WAL is truncated at 8 MiB.
+    let o = Command::new(&writer)
+        .args([s(&l), "2400"])
+        .env_remove("P1_DATA_FSYNC")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "writer: {}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rotations: u32 = out
+        .trim()
+        .strip_prefix("rotations ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("writer said {out:?}"));
+    let want = p.last_lsn(&l);
+    eprintln!(
+        "writer: {rotations} WAL rotations, last_lsn {want}, {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        rotations >= 3,
+        "the writer rotated its WAL {rotations} times"
+    );
+    wait_for(
+        "the follower's complete LSN to reach the leader's last_lsn",
+        WAIT,
+        || format!("qdb-ship:\n{}\ndaemon:\n{}", ship.stderr(), daemon.stderr()),
+        || ckpt(&f) == want,
+    );
+    assert!(ship.running(), "qdb-ship ended: {}", ship.stderr());
+    ship.signal(libc::SIGTERM);
+    assert!(ship.wait_exit(WAIT).success(), "{}", ship.stderr());
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.stderr());
+    // Every rotation while it ran (plus the writer's own open) was seen.
+    let seen = ship.count("WAL truncated or rewritten");
+    eprintln!(
+        "qdb-ship saw {seen} truncations, ran {} catch-ups",
+        ship.count("catch-up since")
+    );
+    assert!(
+        seen >= 3,
+        "qdb-ship saw {seen} truncations:\n{}",
+        ship.stderr()
+    );
+    p.assert_equal(&l, &f);
+    assert_eq!(ckpt(&f), want, "complete LSN = the leader's last_lsn");
+    assert_eq!(read_last_lsn(&f), want, "meta.last_lsn = the leader's");
 }
 
 /// Done when 3 and 5: seeding a new follower with `--since-lsn 0` (as a
@@ -444,4 +550,27 @@ fn listen_mode_serves_a_resume_request_and_an_old_client() {
     alpha.kill().unwrap();
     alpha.wait().unwrap();
     assert!(server.count("resumes after") == 1, "{}", server.stderr());
+}
+
+/// A sink that cannot be opened is named as `--sink` takes it
+/// (`tcp://HOST:PORT`, `file://PATH`), in one `error:` line.
+#[test]
+fn a_sink_that_cannot_be_opened_is_named_as_written() {
+    // A leader to read: an empty database made by our own qdb-apply.
+    let d = tempfile::tempdir().unwrap();
+    let l = d.path().join("leader");
+    use quiverdb_follower::format::{page, wal};
+    let mut stream = wal::stream_header().to_vec();
+    let pg = page::overflow_page(4096, 0, u64::MAX, 1, b"x");
+    wal::encode_record(&mut stream, 1, 1, 0, &pg);
+    apply(&l, &stream);
+    let port = free_port(); // nothing listens there
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    let o = run("qdb-ship", &["--path", s(&l), "--sink", &tcp], b"");
+    assert_one_line_error(&o, 1, &format!("error: cannot open sink {tcp}: "));
+    // A parent that is a file: the folders cannot be made.
+    std::fs::write(d.path().join("f"), b"").unwrap();
+    let file = format!("file://{}/f/stream.wal", s(d.path()));
+    let o = run("qdb-ship", &["--path", s(&l), "--sink", &file], b"");
+    assert_one_line_error(&o, 1, &format!("error: cannot open sink {file}: "));
 }

@@ -8,7 +8,7 @@
 //! One difference: when the tail goes idle the pending frames are flushed,
 //! so a committed frame never waits for `flush_every - 1` more.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IoSlice, Write};
 
 use crate::transport::codec::Compression;
 
@@ -94,6 +94,47 @@ impl<W: Write> FrameWriter<W> {
         Ok(())
     }
 
+    /// Many frames at once (a catch-up batch), outside the flush policy:
+    /// the caller flushes. Uncompressed, a batch larger than the buffer goes
+    /// to the sink as vectored writes without being copied (BufWriter
+    /// passes it through); per-frame flushes would cost a system call (and
+    /// a compressed block) per page.
+    pub fn bulk(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        let n: usize = bufs.iter().map(|b| b.len()).sum();
+        // (slice, offset in it) of the first byte not yet written; a
+        // window of at most IOV_MAX (1024) slices per call.
+        let (mut i, mut off) = (0, 0);
+        let mut window: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len().min(1024));
+        while i < bufs.len() {
+            if off == bufs[i].len() {
+                (i, off) = (i + 1, 0);
+                continue;
+            }
+            window.clear();
+            window.push(IoSlice::new(&bufs[i][off..]));
+            window.extend(bufs[i + 1..].iter().take(1023).copied());
+            let mut k = match self.w().write_vectored(&window) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            while k > 0 {
+                let rest = bufs[i].len() - off;
+                if k < rest {
+                    off += k;
+                    k = 0;
+                } else {
+                    k -= rest;
+                    (i, off) = (i + 1, 0);
+                }
+            }
+        }
+        self.written += n as u64;
+        self.pending |= n > 0;
+        Ok(())
+    }
+
     /// Flush through the compressor to the sink, if anything is pending.
     pub fn flush(&mut self) -> io::Result<()> {
         self.frames = 0;
@@ -115,5 +156,41 @@ impl<W: Write> FrameWriter<W> {
             Enc::Gzip(w) => w.finish()?.flush(),
             Enc::Zstd(w) => w.finish()?.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most 7 bytes a call, from its first slice only
+    /// (as `Write::write_vectored`'s default does): `bulk` still writes
+    /// every byte once, in order.
+    struct Trickle(Vec<u8>);
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(7);
+            self.0.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bulk_writes_every_byte_in_order_through_short_writes() {
+        let parts: Vec<Vec<u8>> = (0..3000u32)
+            .map(|i| (0..(i % 50) as u8).map(|j| j ^ i as u8).collect())
+            .collect();
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut fw = FrameWriter::new(Trickle(Vec::new()), Compression::None, 1, 0).unwrap();
+        fw.bulk(&slices).unwrap();
+        let want = parts.concat();
+        assert_eq!(fw.written, want.len() as u64);
+        let Enc::Plain(w) = fw.enc else {
+            unreachable!()
+        };
+        assert!(w.into_inner().ok().unwrap().0 == want);
     }
 }

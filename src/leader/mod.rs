@@ -21,6 +21,7 @@ pub mod tail;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,6 +82,17 @@ pub enum Sink {
     File(PathBuf),
 }
 
+/// As the user writes it in `--sink` (error messages show this).
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Stdout => f.write_str("stdout"),
+            Sink::Tcp(a) => write!(f, "tcp://{a}"),
+            Sink::File(p) => write!(f, "file://{}", p.display()),
+        }
+    }
+}
+
 impl Sink {
     pub fn parse(s: &str) -> Result<Sink, ShipError> {
         if let Some(a) = s.strip_prefix("tcp://").filter(|a| a.contains(':')) {
@@ -96,11 +108,16 @@ impl Sink {
     /// retry), or create/truncate the file (and its parent folders).
     pub fn open(&self) -> Result<Box<dyn Write + Send>, ShipError> {
         let fail = |source| ShipError::OpenSink {
-            sink: format!("{self:?}"),
+            sink: self.to_string(),
             source,
         };
         Ok(match self {
-            Sink::Stdout => Box::new(io::stdout()),
+            // A File on a duplicate of fd 1, not io::stdout(): that one is
+            // line-buffered and would split binary frames at every newline
+            // byte, and it cannot take a vectored write as one system call.
+            Sink::Stdout => Box::new(std::fs::File::from(
+                io::stdout().as_fd().try_clone_to_owned().map_err(fail)?,
+            )),
             Sink::Tcp(a) => {
                 let s = TcpStream::connect(a).map_err(fail)?;
                 s.set_nodelay(true).map_err(fail)?;
@@ -324,8 +341,9 @@ fn catch_up<W: Write>(
     let started = Instant::now();
     // Sink errors come back through the scan as io errors: tell them apart.
     let mut sink_err = None;
-    let r = scan::scan(root, m.page_size, since, upto, &mut |h, p| {
-        out.frame(&[h, p]).map_err(|e| {
+    let r = scan::scan(root, m.page_size, since, upto, &mut |batch| {
+        // One flush a batch: the follower sees progress every few MiB.
+        out.bulk(batch).and_then(|()| out.flush()).map_err(|e| {
             let kind = e.kind();
             sink_err = Some(e);
             io::Error::from(kind)

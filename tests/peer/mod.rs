@@ -191,3 +191,85 @@ pub fn ckpt(db: &Path) -> u64 {
     assert!(o.status.success(), "{}", crate::common::stderr(&o));
     crate::common::stdout(&o).trim().parse().unwrap()
 }
+
+/// The long-lived writer of issue 9 "Done when" 2: one `Db::open`, then
+/// `OPS` puts and deletes over 97 keys with 2–14 KiB values (overflow
+/// chains: several page records each, so the WAL passes its 8 MiB rotation
+/// size every few hundred ops). It counts the WAL truncations it sees
+/// after each op (the file got shorter) and prints `rotations N`.
+const WRITER_MAIN: &str = r#"
+use std::path::Path;
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let root = Path::new(&a[1]);
+    let ops: u64 = a[2].parse().expect("ops");
+    let wal = root.join("wal-000001.log");
+    let len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let mut db = QuiverDB::Db::open(root).expect("Db::open");
+    let (mut last, mut rotations) = (len(), 0u32);
+    for i in 0..ops {
+        let key = format!("key-{}", (i * 31) % 97);
+        if i % 9 == 4 {
+            db.del(key.as_bytes()).expect("del");
+        } else {
+            let n = 2048 + ((i * 7919) % 12288) as usize;
+            let v: Vec<u8> = (0..n).map(|j| b'a' + ((i as usize + j) % 26) as u8).collect();
+            db.put(key.as_bytes(), &v).expect("put");
+        }
+        let now = len();
+        if now < last {
+            rotations += 1;
+        }
+        last = now;
+    }
+    println!("rotations {rotations}");
+}
+"#;
+
+/// Build (once, then cached) the writer above on the QuiverDB library from
+/// the peer's own source, offline with the peer's Cargo.lock, in the
+/// peer's target folder so its compiled dependencies are reused. `None`
+/// (skip, or a failure under `CI`) when the peer source is not there.
+pub fn long_lived_writer(peer: &Peer) -> Option<PathBuf> {
+    let src = peer.bin.parent()?.parent()?.to_path_buf();
+    if !src.join("Cargo.lock").is_file() || !src.join("src/db.rs").is_file() {
+        let why = format!("no QuiverDB source beside {}", peer.bin.display());
+        if std::env::var_os("CI").is_some() {
+            panic!("{why} (CI is set, so this test may not be skipped)");
+        }
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let proj = src.join("target/qdb-peer-writer");
+    let bin = src.join("target/release/qdb-peer-writer");
+    let manifest = format!(
+        "[package]\nname = \"qdb-peer-writer\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nQuiverDB = {{ path = {:?} }}\n\n[workspace]\n",
+        src.display().to_string()
+    );
+    let main_rs = proj.join("src/main.rs");
+    // Rebuilt only when this source changes (cargo decides the rest).
+    let fresh = bin.is_file()
+        && std::fs::read_to_string(&main_rs).ok().as_deref() == Some(WRITER_MAIN)
+        && std::fs::read_to_string(proj.join("Cargo.toml")).ok() == Some(manifest.clone());
+    if !fresh {
+        std::fs::create_dir_all(proj.join("src")).unwrap();
+        std::fs::write(proj.join("Cargo.toml"), &manifest).unwrap();
+        std::fs::copy(src.join("Cargo.lock"), proj.join("Cargo.lock")).unwrap();
+        std::fs::write(&main_rs, WRITER_MAIN).unwrap();
+        let o = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--offline", "--quiet"])
+            .current_dir(&proj)
+            .env("CARGO_TARGET_DIR", src.join("target"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && bin.is_file(),
+            "building the QuiverDB writer: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Some(bin)
+}
