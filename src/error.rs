@@ -145,7 +145,7 @@ pub enum Error {
     Locked {
         path: PathBuf,
         /// What to do about it, worded for the tool that failed.
-        hint: crate::storage::store::LockHint,
+        hint: LockHint,
     },
     #[error("interrupted by a signal while waiting for the lock on the follower database {}: nothing was applied", path.display())]
     LockWaitInterrupted { path: PathBuf },
@@ -200,5 +200,27 @@ impl Error {
     /// local errors (exit status 3).
     pub fn is_input_error(&self) -> bool {
         matches!(self, Error::Stream(_) | Error::Backup(_))
+    }
+}
+
+/// What the "locked by another process" error tells the user to do: each
+/// tool has its own way out (the daemon has no `--wait-lock`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockHint {
+    /// Tools with a `--wait-lock` flag (qdb-apply, qdb-inspect rebuild-dir).
+    WaitLock,
+    /// The daemon, and library users: stop the other process first.
+    #[default]
+    StopOther,
+}
+
+impl std::fmt::Display for LockHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LockHint::WaitLock => "stop it, or pass --wait-lock to wait",
+            LockHint::StopOther => {
+                "stop it first: only one applier may run on a follower (check `systemctl status` and `pgrep -a qdb-apply`)"
+            }
+        })
     }
 }

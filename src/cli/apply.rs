@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::replica::apply::{ApplyOptions, DEFAULT_MAX_PAGES};
-use crate::storage::store::{FsyncPolicy, LockHint};
+use crate::storage::lock::LockHint;
+use crate::storage::store::FsyncPolicy;
 
 #[derive(Debug, Parser)]
 #[command(

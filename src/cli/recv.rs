@@ -225,13 +225,13 @@ pub fn run<W: Write>(
 /// The resume request of docs/protocol.md, with DIR's complete LSN. A
 /// failure is logged: the server then serves from its own --since-lsn.
 fn send_resume_request(stream: &mut impl Write, dir: &std::path::Path) {
-    let fs = crate::storage::store::StdFs;
+    let fs = crate::storage::fs::StdFs;
     let lsn = crate::storage::meta::read_meta(&fs, dir)
         .and_then(|m| crate::replica::complete::load(&fs, dir, m.as_ref()));
     match lsn {
         Ok(lsn) => {
             info!("asking to resume after lsn {lsn}");
-            if let Err(e) = stream.write_all(&crate::leader::marker::resume_request(lsn)) {
+            if let Err(e) = stream.write_all(&crate::format::marker::resume_request(lsn)) {
                 warn!("cannot send the resume request: {e}");
             }
         }

@@ -11,6 +11,7 @@
 //! supervisor restarts it.
 
 pub mod config;
+mod count;
 
 use std::net::Shutdown;
 use std::path::PathBuf;
@@ -25,16 +26,17 @@ use crate::daemon::config::{Mode, Settings};
 use crate::error::Error;
 use crate::format::wal::StreamEnd;
 use crate::metrics::http::{MetricsError, MetricsServer};
-use crate::metrics::{CountReads, CountWrites, Metrics};
+use crate::metrics::Metrics;
 use crate::replica::apply::{ApplyOptions, Follower, SessionStats};
+use crate::storage::fs::{Fs, StdFs};
 use crate::storage::meta;
-use crate::storage::store::{Fs, StdFs};
 use crate::transport::codec::{self, Compression};
 use crate::transport::handshake::{Conn, Expect};
 use crate::transport::link::Link;
 use crate::transport::net::{self, AllowList, Backoff, NetError, RefusedHook, SessionOptions};
 use crate::transport::pipe;
 use crate::transport::serve::{serve, After, Endpoint, Secure};
+use count::{CountReads, CountWrites};
 
 /// Chunks in flight between two stages (128 KiB each): bounded memory.
 const PIPE_CHUNKS: usize = 16;
@@ -135,7 +137,7 @@ pub fn run(
                 // token. Opt-in: a server that never reads it and closes
                 // makes the kernel reset the connection (RST), which can
                 // drop the end of the stream before we read it.
-                let request = crate::leader::marker::resume_request(follower.complete_lsn());
+                let request = crate::format::marker::resume_request(follower.complete_lsn());
                 if let Err(e) = std::io::Write::write_all(&mut stream, &request) {
                     log::warn!("cannot send the resume request to {peer}: {e}");
                 }

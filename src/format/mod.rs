@@ -8,9 +8,12 @@
 //! * [`page`]: page views: the v2 LSN and the page CRC (§3).
 //! * [`kv`]: KV_RH pages, overflow chains and key hashing (§3.2, §3.3, §4.3).
 //! * [`dir`]: the bucket-head directory file (§4.1).
+//! * [`marker`]: our own record types (heartbeat, catch-up markers) and the
+//!   resume request (`docs/protocol.md`); 1.x readers ignore them.
 
 pub mod dir;
 pub mod kv;
 pub mod layout;
+pub mod marker;
 pub mod page;
 pub mod wal;

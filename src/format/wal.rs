@@ -165,7 +165,7 @@ pub enum Next {
 }
 
 /// Reads a WAL v1 stream. Wrap a raw fd in a buffer first (or use
-/// [`crate::transport::pipe::ChunkReader`]): the reader issues small `read`s.
+/// the daemon's `ChunkReader`): the reader issues small `read`s.
 pub struct WalReader<R> {
     inner: R,
     offset: u64,

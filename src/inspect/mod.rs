@@ -29,8 +29,10 @@ use crate::format::page::Unreadable;
 use crate::format::page::{check_page_crc, PageCrc};
 use crate::replica::heads::{HeadStats, HeadTracker};
 use crate::storage::dirfile;
+use crate::storage::fs::Fs;
+use crate::storage::lock::DbLock;
 use crate::storage::meta::{self, Meta};
-use crate::storage::store::{DbLock, Fs, Store};
+use crate::storage::store::Store;
 
 /// A database opened for reading: its meta (read once) and its pages.
 pub struct Db {

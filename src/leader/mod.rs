@@ -13,7 +13,8 @@
 //! The stream contract is in docs/protocol.md.
 
 pub mod frame;
-pub mod marker;
+/// The marker records are wire format; kept reachable here for the tools.
+pub use crate::format::marker;
 pub mod scan;
 pub mod serve;
 pub mod tail;
@@ -30,8 +31,8 @@ use thiserror::Error;
 
 use crate::format::layout::WAL_FILE;
 use crate::format::wal::{encode_truncate, stream_header};
+use crate::storage::fs::StdFs;
 use crate::storage::meta::{self, Meta};
-use crate::storage::store::StdFs;
 use crate::transport::codec::Compression;
 use frame::FrameWriter;
 use marker::Marker;

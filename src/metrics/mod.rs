@@ -15,7 +15,6 @@
 
 pub mod http;
 
-use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,8 +23,6 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-
-use crate::replica::apply::Input;
 
 /// Commit latency buckets: a commit is two to four fsyncs, 0.3 ms on a fast
 /// SSD to a second on a struggling disk.
@@ -450,56 +447,6 @@ impl Exporter for ShipMetrics {
     }
     fn healthy(&self) -> bool {
         self.inner.healthy.load(Ordering::Relaxed)
-    }
-}
-
-/// A writer that counts what passes through as received bytes (the
-/// network stage's output).
-pub struct CountWrites<W> {
-    pub inner: W,
-    pub metrics: Metrics,
-}
-
-impl<W: Write> Write for CountWrites<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.metrics.add_received(n as u64);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// An apply input that counts what apply reads as decoded bytes.
-pub struct CountReads<I> {
-    pub inner: I,
-    pub metrics: Metrics,
-}
-
-impl<I: Read> Read for CountReads<I> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.metrics.add_decoded(n as u64);
-        Ok(n)
-    }
-}
-
-impl<I: Input> Input for CountReads<I> {
-    fn live(&self) -> bool {
-        self.inner.live()
-    }
-    fn buffered(&mut self, want: usize) -> usize {
-        self.inner.buffered(want)
-    }
-    fn peek(&mut self, buf: &mut [u8]) -> usize {
-        self.inner.peek(buf)
-    }
-    fn wait(&mut self, timeout: Duration) -> bool {
-        self.inner.wait(timeout)
-    }
-    fn closed(&mut self) -> bool {
-        self.inner.closed()
     }
 }
 

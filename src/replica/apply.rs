@@ -35,8 +35,10 @@ use crate::format::wal::{Next, RecordHeader, StreamEnd, WalReader};
 use crate::metrics::Metrics;
 use crate::replica::complete::{self, Tracker};
 use crate::replica::heads::HeadTracker;
+use crate::storage::fs::Fs;
+use crate::storage::lock::{DbLock, LockHint, LockOptions};
 use crate::storage::meta::{self, Meta};
-use crate::storage::store::{self, DbLock, Fs, FsyncPolicy, LockHint, LockOptions, Store};
+use crate::storage::store::{self, FsyncPolicy, Store};
 use crate::transport::pipe::ChunkReader;
 
 /// Default `--max-pages`: 2^28 pages (1 TiB at 4 KiB pages, 8 TiB at 32 KiB).
@@ -467,7 +469,7 @@ impl Follower {
             let offset = rd.offset() - WAL_RECORD_HEADER_LEN as u64;
             let end = if hdr.is_page_image() {
                 self.page_image(rd, offset, &hdr, &raw, stats)?
-            } else if crate::leader::marker::is_marker(hdr.rtype) && hdr.len <= 64 {
+            } else if crate::format::marker::is_marker(hdr.rtype) && hdr.len <= 64 {
                 self.marker_record(rd, &hdr, &raw, stats)?
             } else {
                 let end = rd.skip_payload(&hdr, &raw)?;
@@ -712,7 +714,7 @@ impl Follower {
             self.saw_lsn(hdr);
             stats.records += 1;
             stats.ignored += 1;
-            if let Some(m) = crate::leader::marker::Marker::parse(hdr.rtype, &payload) {
+            if let Some(m) = crate::format::marker::Marker::parse(hdr.rtype, &payload) {
                 log::debug!("marker {m:?}");
                 self.complete.marker(m);
                 if let (Some(metrics), Some(leader)) = (&self.metrics, self.complete.leader_lsn()) {
@@ -730,7 +732,7 @@ impl Follower {
         if hdr.is_page_image() {
             self.complete.record(hdr.lsn);
         }
-        let data = !crate::leader::marker::is_marker(hdr.rtype);
+        let data = !crate::format::marker::is_marker(hdr.rtype);
         // Saturating: a stream may carry lsn u64::MAX, and the next record
         // after it must not overflow (a panic in debug builds, a bogus gap
         // warning in release).

@@ -21,9 +21,9 @@ use std::io;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::leader::marker::Marker;
+use crate::format::marker::Marker;
+use crate::storage::fs::Fs;
 use crate::storage::meta::{self, Meta};
-use crate::storage::store::Fs;
 
 pub const COMPLETE_FILE: &str = "complete-lsn";
 

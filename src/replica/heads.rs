@@ -25,7 +25,8 @@ use crate::format::dir::{check_buckets, Directory};
 use crate::format::kv::{bucket_of, KvPage, PageSource};
 use crate::format::layout::*;
 use crate::storage::dirfile::{read_dir_bytes, write_dir};
-use crate::storage::store::{Fs, Store};
+use crate::storage::fs::Fs;
+use crate::storage::store::Store;
 
 /// `bucket` of a page that is in no bucket (empty, not KV_RH, unreadable).
 const NONE: u32 = u32::MAX;

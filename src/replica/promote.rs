@@ -30,8 +30,10 @@ use crate::format::layout::{FREE_FILE, FREE_HEADER_LEN, FREE_MAGIC, NO_PAGE, WAL
 use crate::replica::complete;
 use crate::replica::heads::HeadTracker;
 use crate::storage::dirfile;
+use crate::storage::fs::Fs;
+use crate::storage::lock::DbLock;
 use crate::storage::meta::{self, replace_file};
-use crate::storage::store::{DbLock, Fs, FsyncPolicy, Store};
+use crate::storage::store::{FsyncPolicy, Store};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PromoteOptions {
     /// The leader's bucket count: rebuild `dir` from the pages when the

@@ -33,8 +33,9 @@ use crate::format::layout::{is_valid_page_size, le_u32, le_u64, DIR_FILE};
 use crate::format::page::{self, PageCrc};
 use crate::replica::apply::{ApplyOptions, Follower, SessionStats, DEFAULT_MAX_PAGES};
 use crate::replica::complete;
+use crate::storage::fs::Fs;
 use crate::storage::meta::{self, replace_file};
-use crate::storage::store::{Fs, FsyncPolicy};
+use crate::storage::store::FsyncPolicy;
 use crate::transport::codec::{self, Sniffed};
 
 /// The three files of a `quiverdb backup` folder.

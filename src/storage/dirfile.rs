@@ -6,8 +6,8 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::dir::Directory;
 use crate::format::layout::*;
+use crate::storage::fs::Fs;
 use crate::storage::meta::replace_file;
-use crate::storage::store::Fs;
 
 /// The raw bytes of `<root>/dir`, or `None` when there is none.
 pub fn read_dir_bytes(fs: &dyn Fs, root: &Path) -> Result<Option<Vec<u8>>> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::layout::*;
-use crate::storage::store::Fs;
+use crate::storage::fs::Fs;
 
 /// The 41-byte meta v3 header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,8 @@
 //! the `flock` on `DIR/LOCK` that QuiverDB 1.x uses.
 
 pub(crate) mod dirfile;
+pub(crate) mod fs;
+pub(crate) mod lock;
 pub(crate) mod meta;
 pub(crate) mod store;
 
@@ -14,11 +16,13 @@ use crate::error::Result;
 use crate::format::kv::PageSource;
 use crate::format::page::Unreadable;
 
+pub use fs::{FileIo, Fs, OpenMode, StdFs};
+pub use lock::DbLock;
 pub use meta::{
     check_checkpoint_path, read_meta, remove_stale_temps, replace_file, write_checkpoint,
     write_meta, Meta,
 };
-pub use store::{init_db, DbLock, FileIo, Fs, FsyncPolicy, OpenMode, StdFs, Store};
+pub use store::{init_db, FsyncPolicy, Store};
 
 impl PageSource for Store {
     fn page_size(&self) -> u32 {
