@@ -5,7 +5,8 @@
 //! `dir` and `free` are in `leader/`), so most tests need no peer. The test
 //! with the real leader (`real_leader_backup_restore_promote`) builds it with
 //! `../shared/peers/build-quiverdb`; without it, it fails when `CI` is set
-//! and is skipped with a note otherwise.
+//! and is skipped with a note otherwise. Issue 10's "Done when" 1 and 2 with
+//! `wal-ship --follow` feeding the followers are in `tests/heal_real.rs`.
 
 mod common;
 
@@ -123,6 +124,29 @@ fn apply_stream(root: &Path, stream: &[u8]) {
         .unwrap();
 }
 
+/// The case's stream without one PAGE_IMAGE record (a third of the way in
+/// or later) whose LSN no other record carries and whose page a later
+/// record rewrites: applied, the pages end as the leader's, but the
+/// complete LSN stops just before the dropped LSN while meta.last_lsn runs
+/// on. Returns the stream and the dropped LSN.
+fn gapped_stream(case: &str) -> (Vec<u8>, u64) {
+    let idx = StreamIndex::new(&common::stream(case));
+    let recs = &idx.records;
+    let k = (recs.len() / 3..recs.len())
+        .find(|&i| {
+            let r = &recs[i];
+            r.page_lsn.is_some()
+                && recs.iter().filter(|q| q.lsn == r.lsn).count() == 1
+                && recs[i + 1..]
+                    .iter()
+                    .any(|q| q.page_id == r.page_id && q.page_lsn.is_some())
+        })
+        .expect("a rewritten page");
+    let mut out = idx.bytes[..recs[k].offset].to_vec();
+    out.extend_from_slice(&idx.bytes[recs[k].end..]);
+    (out, recs[k].lsn)
+}
+
 fn run(args: &[&str], stdin: Option<&[u8]>) -> (i32, String) {
     let name = args[0];
     let mut cmd = common::command(name, &args[1..], &[("RUST_BACKTRACE", "1")], Stdio::null());
@@ -215,7 +239,7 @@ fn full_backup_restores_the_leader_files_from_a_folder_and_from_tar_zstd_gzip() 
 }
 
 /// A follower that has the first half of the stream heals with an
-/// incremental backup from its complete LSN (issue 9: meta.last_lsn today).
+/// incremental backup from its complete LSN (here equal to meta.last_lsn: no gap).
 #[test]
 fn incremental_backup_from_the_complete_lsn_heals_a_partial_follower() {
     let tmp = tempfile::tempdir().unwrap();
@@ -495,11 +519,85 @@ fn promote_rebuilds_the_leaders_free_list() {
         assert_eq!(after["wal-000001.log"], b"P1WAL001\0\0\0\0\0\0\0\0");
         assert_eq!(after["data-000001.p1seg"], before["data-000001.p1seg"]);
         assert_eq!(after["meta"][40], 1, "clean_shutdown");
+        // The follower's complete LSN is gone (a leader has none); every
+        // other file is still there.
+        assert!(before.contains_key("complete-lsn"), "{case}");
+        assert!(!after.contains_key("complete-lsn"), "{case}");
+        let mut kept: Vec<_> = before.keys().filter(|n| *n != "complete-lsn").collect();
+        kept.retain(|n| !after.contains_key(*n));
+        assert!(kept.is_empty(), "{case}: lost {kept:?}");
         // Again: nothing left to do, nothing changes.
         let (code, _) = run(&["qdb-promote", "--path", f.to_str().unwrap()], None);
         assert_eq!(code, 0);
         assert_eq!(files(&f), after);
     }
+}
+
+/// A follower whose stream had a gap: complete LSN below meta.last_lsn.
+/// Promote refuses it in one line that names what is missing and the
+/// backup that heals it (exit 1, every file unchanged); `--force` promotes
+/// it (here its pages are the leader's, so to exactly the leader's free
+/// list and dir) and removes the complete LSN.
+#[test]
+fn promote_refuses_a_follower_with_holes_unless_forced() {
+    let case = "c03-churn";
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("f");
+    let (stream, gap) = gapped_stream(case);
+    apply_stream(&f, &stream);
+    let before = files(&f);
+    let last = quiverdb_follower::Meta::parse(&before["meta"])
+        .unwrap()
+        .last_lsn;
+    assert_eq!(last, 1191);
+    assert_eq!(before["complete-lsn"], format!("{}\n", gap - 1).as_bytes());
+    assert!(
+        before["data-000001.p1seg"] == common::expected_map(case)["data-000001.p1seg"],
+        "the dropped page was rewritten later"
+    );
+    let leader_dir = std::fs::read(common::case(case).join("leader/dir")).unwrap();
+    let buckets = ((leader_dir.len() - 24) / 8).to_string();
+    let fs_ = f.to_str().unwrap();
+    let (code, err) = run(&["qdb-promote", "--path", fs_, "--buckets", &buckets], None);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error: the follower {} is complete only up to LSN {} but its meta.last_lsn is {last}: changes in between are missing; heal it first (`quiverdb backup --since-lsn {}` on the leader, then qdb-restore), or pass --force to promote it as it is\n",
+            f.display(),
+            gap - 1,
+            gap - 1
+        )
+    );
+    assert_eq!(files(&f), before, "a refused promote changes nothing");
+    let (code, err) = run(
+        &[
+            "qdb-promote",
+            "--path",
+            fs_,
+            "--buckets",
+            &buckets,
+            "--force",
+        ],
+        None,
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    let after = files(&f);
+    assert!(!after.contains_key("complete-lsn"));
+    assert_eq!(after["dir"], leader_dir);
+    assert_eq!(
+        free_ids(&after["free"]),
+        free_ids(&std::fs::read(common::case(case).join("leader/free")).unwrap())
+    );
+    assert_eq!(after["meta"][40], 1, "clean_shutdown");
+    assert_eq!(after["data-000001.p1seg"], before["data-000001.p1seg"]);
+    // The promoted DB's resume point is its meta.last_lsn.
+    let o = common::run("qdb-ckpt", &["--path", fs_], b"");
+    assert_eq!(common::stdout(&o), format!("{last}\n"));
+    // Promoted: a rerun has nothing to refuse and nothing to do.
+    let (code, err) = run(&["qdb-promote", "--path", fs_], None);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(files(&f), after);
 }
 
 #[test]
@@ -622,14 +720,21 @@ fn power_loss_at_every_op_of_a_restore() {
 }
 
 /// After a crash in a promote: every file is its follower version or its
-/// promoted version (never torn, never anything else), and a rerun ends at
-/// the promoted database.
+/// promoted version (never torn, never anything else); the complete LSN is
+/// gone only once every other file is promoted (its absence means "complete
+/// up to meta.last_lsn", which a follower with holes must never say); and a
+/// rerun of the same command ends at the promoted database. Once for a
+/// complete follower, once for one with a hole promoted with `--force`.
 #[test]
 fn power_loss_at_every_op_of_a_promote() {
-    let case = "c02-overflow";
+    let (gapped, gap) = gapped_stream("c02-overflow");
+    power_loss_promote(&common::stream("c02-overflow"), false, None);
+    power_loss_promote(&gapped, true, Some(gap - 1));
+}
+
+fn power_loss_promote(stream: &[u8], force: bool, complete: Option<u64>) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("db");
-    let stream = common::stream(case);
     let follower = |fs: &SimFs| {
         let mut f = Follower::open(
             Arc::new(fs.clone()),
@@ -640,12 +745,12 @@ fn power_loss_at_every_op_of_a_promote() {
             },
         )
         .unwrap();
-        f.apply(Plain(&stream[..]), &mut SessionStats::default())
+        f.apply(Plain(stream), &mut SessionStats::default())
             .unwrap();
     };
     let opts = PromoteOptions {
         buckets: Some(1024),
-        force: false,
+        force,
     };
     let (before, after, total) = {
         let fs = sim(&root);
@@ -658,31 +763,45 @@ fn power_loss_at_every_op_of_a_promote() {
         (before, durable_files(&fs, &root), fs.ops() - start)
     };
     assert!(after.contains_key("dir") && after["free"] != before["free"]);
+    let last = quiverdb_follower::Meta::parse(&before["meta"])
+        .unwrap()
+        .last_lsn;
+    let want_complete = format!("{}\n", complete.unwrap_or(last));
+    assert_eq!(before["complete-lsn"], want_complete.as_bytes());
+    assert!(!after.contains_key("complete-lsn"));
     for n in 1..=total + 1 {
         for mode in [
             CrashMode::LoseUnsynced,
             CrashMode::KeepDirOps,
             CrashMode::Torn { seed: n },
         ] {
-            let what = format!("cut at promote op {n} of {total} ({mode:?})");
+            let what = format!("force {force}: cut at promote op {n} of {total} ({mode:?})");
             let fs = sim(&root);
             follower(&fs);
             fs.crash(CrashMode::LoseUnsynced);
             fs.cut_power_at(fs.ops() + n);
             let _ = promote(Arc::new(fs.clone()), &root, &opts);
             fs.crash(mode);
-            for (name, bytes) in durable_files(&fs, &root) {
-                let is_before = before.get(&name) == Some(&bytes);
-                let is_after = after.get(&name) == Some(&bytes);
+            let d = durable_files(&fs, &root);
+            for (name, bytes) in &d {
+                let is_before = before.get(name) == Some(bytes);
+                let is_after = after.get(name) == Some(bytes);
                 // The temporary files of the atomic replacements may stay.
                 let tmp_file = name.ends_with(".tmp");
                 assert!(is_before || is_after || tmp_file, "{what}: {name}");
             }
-            for name in before.keys() {
-                assert!(
-                    fs.durable_read(&root.join(name)).is_some(),
-                    "{what}: {name} lost"
-                );
+            if d.contains_key("complete-lsn") {
+                for name in before.keys() {
+                    assert!(d.contains_key(name), "{what}: {name} lost");
+                }
+            } else {
+                // Removed last: everything else is promoted already.
+                for (name, bytes) in &after {
+                    assert!(
+                        d.get(name) == Some(bytes),
+                        "{what}: complete-lsn gone before {name}"
+                    );
+                }
             }
             fs.clear_faults();
             unlocked(|| promote(Arc::new(fs.clone()), &root, &opts))

@@ -18,11 +18,13 @@ and, when it was fed without --buckets, the bucket-head directory dir.\n\n\
 Promote walks every bucket chain of dir and every overflow chain of the values on them, then writes, \
 each file replaced atomically and in this order: dir (rebuilt from the pages with --buckets N when \
 missing), the free list (every page no chain reaches: the set the leader's own free list holds), a \
-fresh WAL header, and meta marked clean. Every state in between is still a valid follower, so a \
-crash leaves either the follower or the promoted database; running promote again finishes it.\n\n\
+fresh WAL header, and meta marked clean; last, it removes the follower-only file complete-lsn (a \
+leader has no complete LSN). Every state in between is still a valid follower, so a crash leaves \
+either the follower or the promoted database; running the same command again finishes it.\n\n\
 It refuses while an applier (qdb-apply, quiverdb-follower, qdb-restore) holds the lock, a follower \
 whose chains are damaged, and a follower whose complete LSN is below its meta.last_lsn (it has known \
-holes: heal it with qdb-restore first) unless --force.",
+holes: heal it with qdb-restore from `quiverdb backup --since-lsn <complete LSN>`, which the \
+message names) unless --force.",
     after_help = "EXIT STATUS:\n  0  promoted\n  \
 1  refused: the follower has known holes (see --force); nothing was changed\n  \
 2  usage error\n  \

@@ -13,12 +13,20 @@
 //!    free list holds, since 1.x frees exactly the pages it unlinks;
 //! 3. `wal-000001.log`: a fresh 16-byte header (a follower's WAL file is
 //!    never written, but a promoted DB must not replay anything stale);
-//! 4. `meta` with `clean_shutdown = 1`.
+//! 4. `meta` with `clean_shutdown = 1`;
+//! 5. the follower-only file `complete-lsn` removed (unlink, then the
+//!    folder fsynced): a leader has no complete LSN, every change it holds
+//!    is by definition complete, and a stale one left behind would make
+//!    `qdb-ckpt` report it and a later promote refuse.
 //!
 //! Every state in between is still a valid follower (apply reads none of
 //! `free`, the WAL file or `clean_shutdown`), so a crash leaves either the
-//! follower or, once step 4 is durable, the promoted database; running
-//! promote again finishes the job.
+//! follower or, once step 4 is durable, the promoted database. The
+//! complete LSN goes last because its absence means "complete up to
+//! meta.last_lsn": removed any earlier, a crash would leave a follower with
+//! known holes claiming to have none. Until step 5 is durable the file
+//! still says what the follower held, so a rerun of the same command
+//! (`--force` included, for a follower with holes) finishes the job.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -179,6 +187,14 @@ pub fn promote(fs: Arc<dyn Fs>, root: &Path, opts: &PromoteOptions) -> Result<Pr
     next.next_page_id = m.next_page_id.max(store.next_page_id());
     if next != m {
         meta::write_meta(&*fs, root, &next)?;
+    }
+    // 5. no complete LSN: the last step, after everything above is durable.
+    let complete_path = root.join(complete::COMPLETE_FILE);
+    if fs.exists(&complete_path) {
+        fs.remove_file(&complete_path)
+            .map_err(|e| Error::io("cannot remove", &complete_path, e))?;
+        fs.sync_dir(root)
+            .map_err(|e| Error::io("cannot fsync folder", root, e))?;
     }
     Ok(PromoteReport {
         pages: m.next_page_id,
