@@ -966,7 +966,8 @@ mod tests {
     fn zstd_window_log_max_is_checked_and_defaults_to_the_codecs() {
         let s = resolve(&cli(&[("path", "/db")]), None).unwrap();
         assert_eq!(s.zstd_window_log_max, DEFAULT_ZSTD_WINDOW_LOG_MAX);
-        let f = ConfigFile::parse("path = \"/f\"\nzstd_window_log_max = 27\n", Path::new("c")).unwrap();
+        let f =
+            ConfigFile::parse("path = \"/f\"\nzstd_window_log_max = 27\n", Path::new("c")).unwrap();
         assert_eq!(resolve(&[], Some(f)).unwrap().zstd_window_log_max, 27);
         for bad in ["9", "32"] {
             let err = resolve(&cli(&[("path", "/db"), ("zstd_window_log_max", bad)]), None)

@@ -262,9 +262,8 @@ fn session(
         Err(NetError::IdleTimeout { secs, .. }) => Some(*secs),
         _ => None,
     };
-    let ended_by_idle = |e: &Error| {
-        idle.is_some() && matches!(e, Error::Stream(StreamError::ShortHeader { .. }))
-    };
+    let ended_by_idle =
+        |e: &Error| idle.is_some() && matches!(e, Error::Stream(StreamError::ShortHeader { .. }));
     // A decode failure (other than apply having stopped reading) is the
     // cause of whatever apply then saw: e.g. raw WAL sent to --decompress
     // gzip reaches apply as an empty stream ("input ended after 0 bytes"),
@@ -448,7 +447,9 @@ impl CkptInner {
                     // Retried at the next tick (a failure at session end is
                     // fatal); a lasting cause fails every tick, so the same
                     // line is logged at most once per REPEAT_INTERVAL.
-                    Err(e) => warnings.warn(&format!("periodic checkpoint failed: {e}")),
+                    Err(e) => {
+                        warnings.warn(&repeat_key(&e), &format!("periodic checkpoint failed: {e}"))
+                    }
                 }
             }
         }
@@ -458,11 +459,24 @@ impl CkptInner {
 /// The same warning is logged at most once per this interval.
 const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Logs a warning, unless the same text was logged less than `interval`
+/// What makes two failures "the same warning": the operation, the path
+/// and the kind of error, not the whole text, which names a fresh random
+/// temporary file each time.
+fn repeat_key(e: &Error) -> String {
+    match e {
+        Error::Io { what, path, source } => {
+            format!("{what} {}: {:?}", path.display(), source.kind())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Logs a warning, unless the same one was logged less than `interval`
 /// ago; the next time it is logged it says how often it was held back.
 struct RepeatLimit {
     interval: Duration,
-    /// The last text logged, when, and how many times it came again since.
+    /// The last warning's key, when it was logged, and how many times it
+    /// came again since.
     last: Option<(String, Instant, u64)>,
 }
 
@@ -474,10 +488,11 @@ impl RepeatLimit {
         }
     }
 
-    /// Whether `msg` is to be logged now, and how many repeats were held back.
-    fn admit(&mut self, msg: &str, now: Instant) -> Option<u64> {
+    /// Whether the warning `key` is to be logged now, and how many repeats
+    /// were held back.
+    fn admit(&mut self, key: &str, now: Instant) -> Option<u64> {
         match &mut self.last {
-            Some((text, at, held)) if text == msg => {
+            Some((text, at, held)) if text == key => {
                 if now.duration_since(*at) < self.interval {
                     *held += 1;
                     return None;
@@ -488,18 +503,18 @@ impl RepeatLimit {
                 Some(n)
             }
             _ => {
-                self.last = Some((msg.to_string(), now, 0));
+                self.last = Some((key.to_string(), now, 0));
                 Some(0)
             }
         }
     }
 
-    fn warn(&mut self, msg: &str) {
-        match self.admit(msg, Instant::now()) {
+    /// Log `msg` unless a warning with the same `key` was logged less than
+    /// the interval ago.
+    fn warn(&mut self, key: &str, msg: &str) {
+        match self.admit(key, Instant::now()) {
             Some(0) => log::warn!("{msg}"),
-            Some(n) => log::warn!(
-                "{msg} (repeated {n} more times since it was last logged)"
-            ),
+            Some(n) => log::warn!("{msg} (repeated {n} more times since it was last logged)"),
             None => {}
         }
     }
