@@ -255,26 +255,6 @@ pub static SETTINGS: &[Setting] = &[
         show: |s| Some(toml_str(s.decompress.as_str())),
     },
     Setting {
-        key: "zstd_window_log_max",
-        kind: Kind::Number,
-        value_name: "N",
-        default: Some("23"),
-        help: "Refuse zstd frames whose window is over 2^N bytes (23 = 8 MiB, 4x what wal-ship uses); raise it (up to 31) for a stream made with `zstd --long=N`: each session's decoder then takes about 2^N bytes of memory",
-        set: |s, v| {
-            let n: u32 = number(v)?;
-            if !ZSTD_WINDOW_LOG_RANGE.contains(&n) {
-                return Err(format!(
-                    "{n} is outside {}..={} (zstd's window logs)",
-                    ZSTD_WINDOW_LOG_RANGE.start(),
-                    ZSTD_WINDOW_LOG_RANGE.end()
-                ));
-            }
-            s.zstd_window_log_max = n;
-            Ok(())
-        },
-        show: |s| Some(s.zstd_window_log_max.to_string()),
-    },
-    Setting {
         key: "reconnect_ms",
         kind: Kind::Number,
         value_name: "MS",
@@ -386,6 +366,26 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |s| Some(s.max_pages.to_string()),
+    },
+    Setting {
+        key: "zstd_window_log_max",
+        kind: Kind::Number,
+        value_name: "N",
+        default: Some("23"),
+        help: "Refuse zstd frames whose window is over 2^N bytes (23 = 8 MiB, 4x what wal-ship uses); raise it (up to 31) for a stream made with `zstd --long=N`: each session's decoder then takes about 2^N bytes of memory",
+        set: |s, v| {
+            let n: u32 = number(v)?;
+            if !ZSTD_WINDOW_LOG_RANGE.contains(&n) {
+                return Err(format!(
+                    "{n} is outside {}..={} (zstd's window logs)",
+                    ZSTD_WINDOW_LOG_RANGE.start(),
+                    ZSTD_WINDOW_LOG_RANGE.end()
+                ));
+            }
+            s.zstd_window_log_max = n;
+            Ok(())
+        },
+        show: |s| Some(s.zstd_window_log_max.to_string()),
     },
     Setting {
         key: "idle_timeout_secs",

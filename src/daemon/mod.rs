@@ -195,6 +195,7 @@ fn session(
     shutdown: &Arc<AtomicBool>,
 ) -> Result<SessionStats, DaemonError> {
     let started = Instant::now();
+    let complete_before = follower.complete_lsn();
     // Configured when the connection was made (transport::serve).
     let sopts = session_options(settings);
     let mut stats = SessionStats::default();
@@ -314,7 +315,7 @@ fn session(
         started.elapsed().as_secs_f64()
     );
     if follower.meta().is_some() {
-        ckpt.session_end(stats.complete_lsn)
+        ckpt.session_end(stats.complete_lsn, stats.complete_lsn != complete_before)
             .map_err(DaemonError::Db)?;
     }
     notify_status(metrics, "");
@@ -382,21 +383,27 @@ impl Checkpointer {
         }
     }
 
-    fn session_end(&self, lsn: u64) -> Result<(), Error> {
+    /// The session ended at complete LSN `lsn`; `moved`: it advanced it.
+    /// The file is written only when its value changes; the log line is
+    /// there for every session that moved the resume point.
+    fn session_end(&self, lsn: u64, moved: bool) -> Result<(), Error> {
         let Some(i) = &self.inner else { return Ok(()) };
         let written = {
             let mut st = i.state.lock().unwrap();
             st.0 = lsn;
             st.1
         };
-        // The file already says so: rewriting it would cost an fsync of the
-        // file and its folder per session, and a server that keeps replaying
-        // what the follower holds makes many sessions that change nothing.
-        if written == lsn {
+        // When the file already says so (the periodic writer got there
+        // first, or the session brought nothing new), rewriting it would
+        // cost a temporary file, two fsyncs and a rename for nothing, and a
+        // server that keeps replaying what the follower holds makes many
+        // such sessions.
+        if written != lsn {
+            i.write_now(lsn)?;
+        } else if !moved {
             log::debug!("checkpoint unchanged (complete_lsn={lsn})");
             return Ok(());
         }
-        i.write_now(lsn)?;
         log::info!("checkpoint complete_lsn={lsn} -> {}", i.file.display());
         Ok(())
     }
