@@ -192,7 +192,12 @@ fn a_failing_periodic_checkpoint_is_logged_once_per_minute() {
     let mut leader = d.connect();
     leader.write_all(&whole[..cut]).unwrap();
     let read_ck = || fs::read_to_string(&ck).unwrap_or_default();
-    wait_for("checkpoint 3", WAIT, || read_ck(), || read_ck() == "3");
+    wait_for(
+        "checkpoint 3",
+        WAIT,
+        || d.child.stderr(),
+        || read_ck() == "3",
+    );
 
     fs::remove_dir_all(&ckdir).unwrap();
     leader.write_all(&whole[cut..]).unwrap();
@@ -203,7 +208,12 @@ fn a_failing_periodic_checkpoint_is_logged_once_per_minute() {
 
     // The folder is back: the next tick writes, the session ends cleanly.
     fs::create_dir(&ckdir).unwrap();
-    wait_for("checkpoint 6", WAIT, || read_ck(), || read_ck() == "6");
+    wait_for(
+        "checkpoint 6",
+        WAIT,
+        || d.child.stderr(),
+        || read_ck() == "6",
+    );
     drop(leader);
     d.wait_line(" ended: records=6");
     d.signal(libc::SIGTERM);
