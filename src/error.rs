@@ -153,6 +153,8 @@ pub enum Error {
     LockLost { path: PathBuf },
     #[error("the checkpoint file {} is a symbolic link: it is replaced by a rename, which would replace the link and leave its target stale; give the real file's path instead", path.display())]
     CheckpointSymlink { path: PathBuf },
+    #[error("the checkpoint file {} cannot be written: {reason}", path.display())]
+    CheckpointPath { path: PathBuf, reason: String },
     #[error("the follower database {} stopped after an earlier local error (a failed write, fsync or rename): nothing more is applied or committed by this process; fix the cause, then restart to resume from meta.last_lsn", path.display())]
     Poisoned { path: PathBuf },
     #[error("page size {0} is not allowed by QuiverDB 1.x: use 4096, 8192, 16384 or 32768")]

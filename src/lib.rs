@@ -80,4 +80,4 @@ pub use transport::pipe;
 pub use transport::{auth, handshake, link, tls};
 
 // The daemon.
-pub use daemon::{config, run as run_daemon, DaemonError};
+pub use daemon::{config, preflight as daemon_preflight, run as run_daemon, DaemonError};

@@ -39,6 +39,12 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::EXIT_USAGE);
         }
     };
+    // The checkpoint path too: a folder that is missing, a folder or a
+    // symlink in its place, would otherwise fail only after a session.
+    if let Err(e) = quiverdb_follower::daemon_preflight(&settings) {
+        cli::report(&e);
+        return ExitCode::from(cli::EXIT_USAGE);
+    }
     let signals = match cli::signals() {
         Ok(s) => s,
         Err(e) => {

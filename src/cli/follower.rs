@@ -127,15 +127,19 @@ at a time; in client mode (--connect) it connects to a relay that serves the str
 with exponential backoff. Each connection is one stream with its own header and, with \
 --decompress, its own decoder. Receiving, decompressing and applying run concurrently with bounded \
 buffers; pages are fsynced in batches before meta.last_lsn covers them.\n\n\
-With --checkpoint-file, the daemon writes meta.last_lsn (decimal, no newline) to that file, \
-replaced atomically, after each session and every --checkpoint-interval-ms during one, so the \
-leader can resume with `wal-ship --since-lsn $(cat FILE)`.\n\n\
+With --checkpoint-file, the daemon writes its resume point, the complete LSN (decimal, no \
+newline), to that file, replaced atomically, when it moved: after a session and every \
+--checkpoint-interval-ms during one, so the leader can resume with \
+`wal-ship --since-lsn $(cat FILE)`. The path is checked at startup (its folder must exist and take \
+new files; a folder or a symbolic link in its place is refused).\n\n\
 Settings come from the command line, else from the --config TOML file, else from the defaults. \
 Each TOML key is its flag's name with underscores (--reconnect-ms is reconnect_ms; --no-keepalive \
 is keepalive = false; --allow is a list).";
 
-const AFTER_HELP: &str = "SIGNALS:\n  SIGTERM, SIGINT  stop taking data, make everything received durable, write the checkpoint, exit 0\n\n\
-EXIT STATUS:\n  0  stopped by a signal\n  2  usage or configuration error\n  \
+const AFTER_HELP: &str = "SIGNALS:\n  SIGTERM, SIGINT  stop taking data, make everything received durable, write the checkpoint, exit 0\n  \
+SIGHUP           re-read the TLS certificates and keys (if any), log one line, keep running\n\n\
+EXIT STATUS:\n  0  stopped by a signal\n  2  usage or configuration error (bad settings, TLS files, a checkpoint path that cannot be written), \
+before the database is locked or a port bound\n  \
 3  local error (disk, permissions, lock held by another process, port in use)\n\n\
 EXAMPLES:\n  quiverdb-follower --path ./follower_db --listen 0.0.0.0:9999 --decompress gzip --checkpoint-file ./last_lsn\n  \
 quiverdb-follower --config /etc/quiverdb/follower.toml\n  \

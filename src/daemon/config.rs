@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::replica::apply::DEFAULT_MAX_PAGES;
 use crate::storage::store::FsyncPolicy;
-use crate::transport::codec::Compression;
+use crate::transport::codec::{Compression, DEFAULT_ZSTD_WINDOW_LOG_MAX, ZSTD_WINDOW_LOG_RANGE};
 use crate::transport::link::LinkSettings;
 use crate::transport::net::Cidr;
 use crate::transport::tls::TlsMode;
@@ -43,6 +43,8 @@ pub struct Settings {
     /// True when the listen address is the built-in default (worth a log line).
     pub default_mode: bool,
     pub decompress: Compression,
+    /// zstd frames whose window exceeds 2^this bytes are refused.
+    pub zstd_window_log_max: u32,
     pub reconnect: Duration,
     pub backoff_cap: Duration,
     pub checkpoint_file: Option<PathBuf>,
@@ -364,6 +366,26 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |s| Some(s.max_pages.to_string()),
+    },
+    Setting {
+        key: "zstd_window_log_max",
+        kind: Kind::Number,
+        value_name: "N",
+        default: Some("23"),
+        help: "Refuse zstd frames whose window is over 2^N bytes (23 = 8 MiB, 4x what wal-ship uses); raise it (up to 31) for a stream made with `zstd --long=N`: each session's decoder then takes about 2^N bytes of memory",
+        set: |s, v| {
+            let n: u32 = number(v)?;
+            if !ZSTD_WINDOW_LOG_RANGE.contains(&n) {
+                return Err(format!(
+                    "{n} is outside {}..={} (zstd's window logs)",
+                    ZSTD_WINDOW_LOG_RANGE.start(),
+                    ZSTD_WINDOW_LOG_RANGE.end()
+                ));
+            }
+            s.zstd_window_log_max = n;
+            Ok(())
+        },
+        show: |s| Some(s.zstd_window_log_max.to_string()),
     },
     Setting {
         key: "idle_timeout_secs",
@@ -745,6 +767,7 @@ fn defaults() -> Settings {
         mode: Mode::Listen(String::new()),
         default_mode: true,
         decompress: Compression::None,
+        zstd_window_log_max: DEFAULT_ZSTD_WINDOW_LOG_MAX,
         reconnect: Duration::ZERO,
         backoff_cap: Duration::ZERO,
         checkpoint_file: None,
@@ -937,6 +960,24 @@ mod tests {
             err.contains("unknown field `colour`, expected one of `path`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn zstd_window_log_max_is_checked_and_defaults_to_the_codecs() {
+        let s = resolve(&cli(&[("path", "/db")]), None).unwrap();
+        assert_eq!(s.zstd_window_log_max, DEFAULT_ZSTD_WINDOW_LOG_MAX);
+        let f =
+            ConfigFile::parse("path = \"/f\"\nzstd_window_log_max = 27\n", Path::new("c")).unwrap();
+        assert_eq!(resolve(&[], Some(f)).unwrap().zstd_window_log_max, 27);
+        for bad in ["9", "32"] {
+            let err = resolve(&cli(&[("path", "/db"), ("zstd_window_log_max", bad)]), None)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("--zstd-window-log-max: {bad} is outside 10..=31 (zstd's window logs)")
+            );
+        }
     }
 
     #[test]

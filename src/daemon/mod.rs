@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::daemon::config::{Mode, Settings};
-use crate::error::Error;
+use crate::error::{Error, StreamError};
 use crate::format::wal::StreamEnd;
 use crate::metrics::http::{MetricsError, MetricsServer};
 use crate::metrics::Metrics;
 use crate::replica::apply::{ApplyOptions, Follower, SessionStats};
 use crate::storage::fs::{Fs, StdFs};
 use crate::storage::meta;
-use crate::transport::codec::{self, Compression};
+use crate::transport::codec::{self, Compression, UnzipOptions};
 use crate::transport::handshake::{Conn, Expect};
 use crate::transport::link::Link;
 use crate::transport::net::{self, AllowList, Backoff, NetError, RefusedHook, SessionOptions};
@@ -49,6 +49,17 @@ pub enum DaemonError {
     Net(#[from] NetError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+}
+
+/// Check what [`resolve`](config::resolve) cannot check without the file
+/// system, before the database is locked or a port bound (exit status 2
+/// for the caller): a checkpoint path that can never be written would
+/// otherwise be found out only after a whole session was applied.
+pub fn preflight(settings: &Settings) -> Result<(), Error> {
+    if let Some(file) = &settings.checkpoint_file {
+        meta::check_checkpoint_path(&StdFs, file)?;
+    }
+    Ok(())
 }
 
 /// Run the daemon until `shutdown` is set (SIGTERM/SIGINT) or a local error.
@@ -186,6 +197,7 @@ fn session(
     shutdown: &Arc<AtomicBool>,
 ) -> Result<SessionStats, DaemonError> {
     let started = Instant::now();
+    let complete_before = follower.complete_lsn();
     // Configured when the connection was made (transport::serve).
     let sopts = session_options(settings);
     let mut stats = SessionStats::default();
@@ -215,10 +227,13 @@ fn session(
     let (decode_thread, apply_res) = match settings.decompress {
         Compression::None => (None, follower.apply(counted(net_r), &mut stats)),
         mode => {
+            let uopts = UnzipOptions {
+                zstd_window_log_max: settings.zstd_window_log_max,
+            };
             let (mut dec_w, dec_r) = pipe::pipe(PIPE_CHUNKS);
             let t = thread::Builder::new()
                 .name("decode".into())
-                .spawn(move || codec::unzip(net_r, &mut dec_w, mode))
+                .spawn(move || codec::unzip_with(net_r, &mut dec_w, mode, uopts))
                 .expect("spawn decode thread");
             (Some(t), follower.apply(counted(dec_r), &mut stats))
         }
@@ -240,6 +255,18 @@ fn session(
             return Err(DaemonError::Db(apply_res.unwrap_err()));
         }
     }
+    // The idle timeout closes the input, so apply (and the decoder) then
+    // see an early end: a leader that sent nothing reads as "input ended
+    // after 0 bytes ... the sender sent nothing usable", a compressed one as
+    // a cut stream. Neither is the reason; the timeout is, so it is what the
+    // log says (a real stream error, seen before the input went quiet, is
+    // still logged as such).
+    let idle = match &net_res {
+        Err(NetError::IdleTimeout { secs, .. }) => Some(*secs),
+        _ => None,
+    };
+    let ended_by_idle =
+        |e: &Error| idle.is_some() && matches!(e, Error::Stream(StreamError::ShortHeader { .. }));
     // A decode failure (other than apply having stopped reading) is the
     // cause of whatever apply then saw: e.g. raw WAL sent to --decompress
     // gzip reaches apply as an empty stream ("input ended after 0 bytes"),
@@ -247,12 +274,19 @@ fn session(
     let dec_failed = matches!(&dec_res, Some(Err(e)) if !e.is_broken_pipe());
     match (&dec_res, &apply_res) {
         (Some(Err(e)), _) if dec_failed => log::warn!("session from {peer} failed: {e}"),
-        (_, Err(e)) => log::warn!("session from {peer} failed: {e}"),
+        (_, Err(e)) if !ended_by_idle(e) => log::warn!("session from {peer} failed: {e}"),
         _ => {}
     }
     let mut failed = apply_res.is_err() || dec_failed;
+    if let Some(secs) = idle {
+        failed = true;
+        log::warn!(
+            "session from {peer} ended by the idle timeout after {secs} s: nothing received for \
+             {secs} s (--idle-timeout-secs); the leader may be gone or idle, the next session is served"
+        );
+    }
     // Upstream problems matter only when apply did not already explain the end.
-    if apply_res.is_ok() && !dec_failed {
+    if apply_res.is_ok() && !dec_failed && idle.is_none() {
         match dec_res {
             Some(Ok(o)) if o.truncated => {
                 log::warn!(
@@ -283,7 +317,7 @@ fn session(
         started.elapsed().as_secs_f64()
     );
     if follower.meta().is_some() {
-        ckpt.session_end(stats.complete_lsn)
+        ckpt.session_end(stats.complete_lsn, stats.complete_lsn != complete_before)
             .map_err(DaemonError::Db)?;
     }
     notify_status(metrics, "");
@@ -319,6 +353,14 @@ impl Checkpointer {
         let Some(file) = settings.checkpoint_file.clone() else {
             return Checkpointer { inner: None };
         };
+        // Leftovers of a write interrupted by a crash. Removed only now,
+        // under the database lock: before it, another daemon on the same
+        // follower (and so the same checkpoint) could be mid-write.
+        if let Some(name) = file.file_name() {
+            if let Err(e) = meta::remove_stale_temps(&*fs, &meta::checkpoint_dir(&file), name) {
+                log::warn!("{e}");
+            }
+        }
         let inner = Arc::new(CkptInner {
             fs,
             file,
@@ -343,10 +385,27 @@ impl Checkpointer {
         }
     }
 
-    fn session_end(&self, lsn: u64) -> Result<(), Error> {
+    /// The session ended at complete LSN `lsn`; `moved`: it advanced it.
+    /// The file is written only when its value changes; the log line is
+    /// there for every session that moved the resume point.
+    fn session_end(&self, lsn: u64, moved: bool) -> Result<(), Error> {
         let Some(i) = &self.inner else { return Ok(()) };
-        i.state.lock().unwrap().0 = lsn;
-        i.write_now(lsn)?;
+        let written = {
+            let mut st = i.state.lock().unwrap();
+            st.0 = lsn;
+            st.1
+        };
+        // When the file already says so (the periodic writer got there
+        // first, or the session brought nothing new), rewriting it would
+        // cost a temporary file, two fsyncs and a rename for nothing, and a
+        // server that keeps replaying what the follower holds makes many
+        // such sessions.
+        if written != lsn {
+            i.write_now(lsn)?;
+        } else if !moved {
+            log::debug!("checkpoint unchanged (complete_lsn={lsn})");
+            return Ok(());
+        }
         log::info!("checkpoint complete_lsn={lsn} -> {}", i.file.display());
         Ok(())
     }
@@ -376,6 +435,7 @@ impl CkptInner {
     }
 
     fn run(&self, interval: Duration) {
+        let mut warnings = RepeatLimit::new(REPEAT_INTERVAL);
         loop {
             let (durable, written, stopping) = {
                 let g = self.state.lock().unwrap();
@@ -393,10 +453,78 @@ impl CkptInner {
                             self.file.display()
                         )
                     }
-                    // Retried at the next tick; a failure at session end is fatal.
-                    Err(e) => log::warn!("periodic checkpoint failed: {e}"),
+                    // Retried at the next tick (a failure at session end is
+                    // fatal); a lasting cause fails every tick, so the same
+                    // line is logged at most once per REPEAT_INTERVAL.
+                    Err(e) => {
+                        warnings.warn(&repeat_key(&e), &format!("periodic checkpoint failed: {e}"))
+                    }
                 }
             }
+        }
+    }
+}
+
+/// The same warning is logged at most once per this interval.
+const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What makes two failures "the same warning": the operation, the path
+/// and the kind of error, not the whole text, which names a fresh random
+/// temporary file each time.
+fn repeat_key(e: &Error) -> String {
+    match e {
+        Error::Io { what, path, source } => {
+            format!("{what} {}: {:?}", path.display(), source.kind())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Logs a warning, unless the same one was logged less than `interval`
+/// ago; the next time it is logged it says how often it was held back.
+struct RepeatLimit {
+    interval: Duration,
+    /// The last warning's key, when it was logged, and how many times it
+    /// came again since.
+    last: Option<(String, Instant, u64)>,
+}
+
+impl RepeatLimit {
+    fn new(interval: Duration) -> RepeatLimit {
+        RepeatLimit {
+            interval,
+            last: None,
+        }
+    }
+
+    /// Whether the warning `key` is to be logged now, and how many repeats
+    /// were held back.
+    fn admit(&mut self, key: &str, now: Instant) -> Option<u64> {
+        match &mut self.last {
+            Some((text, at, held)) if text == key => {
+                if now.duration_since(*at) < self.interval {
+                    *held += 1;
+                    return None;
+                }
+                let n = *held;
+                *at = now;
+                *held = 0;
+                Some(n)
+            }
+            _ => {
+                self.last = Some((key.to_string(), now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// Log `msg` unless a warning with the same `key` was logged less than
+    /// the interval ago.
+    fn warn(&mut self, key: &str, msg: &str) {
+        match self.admit(key, Instant::now()) {
+            Some(0) => log::warn!("{msg}"),
+            Some(n) => log::warn!("{msg} (repeated {n} more times since it was last logged)"),
+            None => {}
         }
     }
 }
@@ -434,5 +562,25 @@ pub fn notify(msg: &str) {
         .collect();
     if let Err(e) = sd_notify::notify(false, &states) {
         log::debug!("sd_notify failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_warning_is_admitted_once_per_interval_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut r = RepeatLimit::new(Duration::from_secs(60));
+        assert_eq!(r.admit("a", t0), Some(0));
+        for i in 1..=100 {
+            assert_eq!(r.admit("a", t0 + Duration::from_millis(i * 10)), None);
+        }
+        // Another text is news, and resets the count.
+        assert_eq!(r.admit("b", t0 + Duration::from_secs(2)), Some(0));
+        assert_eq!(r.admit("b", t0 + Duration::from_secs(3)), None);
+        assert_eq!(r.admit("b", t0 + Duration::from_secs(62)), Some(1));
+        assert_eq!(r.admit("b", t0 + Duration::from_secs(63)), None);
     }
 }

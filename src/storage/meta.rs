@@ -126,17 +126,58 @@ pub fn write_checkpoint(fs: &dyn Fs, file: &Path, last_lsn: u64) -> Result<()> {
     replace_file(fs, &dir, name, last_lsn.to_string().as_bytes())
 }
 
-/// Check a checkpoint path before any work is done (a tool's startup): it
-/// has a file name, and is not a symbolic link.
+/// Check a checkpoint path before any work is done (a tool's startup), so
+/// that a path that can never be written fails at once instead of after a
+/// whole session was applied: it has a file name, is not a symbolic link nor
+/// a folder, and its folder exists and takes new files (probed by creating
+/// and removing a temporary file exactly as [`write_checkpoint`] will).
 pub fn check_checkpoint_path(fs: &dyn Fs, file: &Path) -> Result<()> {
-    checkpoint_parts(fs, file).map(|_| ())
+    let (dir, name) = checkpoint_parts(fs, file)?;
+    let bad = |reason: String| Error::CheckpointPath {
+        path: file.to_path_buf(),
+        reason,
+    };
+    // Listing is the seam's only way to ask "is this a folder?" (the
+    // simulated file system has no metadata call); both folders are small.
+    if let Err(e) = fs.list_dir(&dir) {
+        return Err(bad(if e.kind() == io::ErrorKind::NotFound {
+            format!(
+                "its folder {} does not exist (create it, or choose another path)",
+                dir.display()
+            )
+        } else {
+            format!("cannot use its folder {}: {e}", dir.display())
+        }));
+    }
+    if fs.list_dir(file).is_ok() {
+        return Err(bad(
+            "it is a folder (give the path of a file, e.g. FOLDER/last_lsn)".into(),
+        ));
+    }
+    let (prefix, suffix) = temp_affixes(name);
+    match fs.create_temp(&dir, &prefix, suffix) {
+        Ok((tmp, f)) => {
+            drop(f);
+            let _ = fs.remove_file(&tmp);
+            Ok(())
+        }
+        Err(e) => Err(bad(format!(
+            "cannot create a file in its folder {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// The folder of a checkpoint path (`.` for a bare file name).
+pub fn checkpoint_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 fn checkpoint_parts<'a>(fs: &dyn Fs, file: &'a Path) -> Result<(PathBuf, &'a OsStr)> {
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = checkpoint_dir(file);
     let name = file.file_name().ok_or_else(|| {
         Error::io(
             "checkpoint file has no file name:",

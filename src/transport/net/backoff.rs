@@ -1,6 +1,8 @@
 //! Reconnect delays for connect mode (the 1.x daemon's rule, §7.6 of the
 //! format spec): start at `--reconnect-ms`, double after each failure, stop
-//! growing at `--backoff-cap-ms`, start over after a success.
+//! growing at `--backoff-cap-ms`, start over after a session that brought
+//! something new (a connection alone is not a success: a server that
+//! accepts and replays only what the follower holds is backed off too).
 
 use std::time::Duration;
 

@@ -309,7 +309,10 @@ pub fn connect_with_backoff(
         let targets = resolve(addr)?;
         let failure = match connect_any(&targets, shutdown) {
             Ok(Some(stream)) => {
-                backoff.reset();
+                // No reset here: a connection is not progress. A server that
+                // accepts and then serves nothing new would otherwise be
+                // retried at the initial delay forever; the serve loop resets
+                // the backoff after a session that brought something new.
                 match stream.peer_addr() {
                     Ok(peer) if peer.to_string() != addr => info!("connected to {addr} ({peer})"),
                     _ => info!("connected to {addr}"),
