@@ -253,9 +253,12 @@ fn quiverdb_1_3_alpha_tls_client_follows_qdb_ship_listen_tls_server() {
     // The alpha daemon updates meta only at the end of a stream: watch the
     // segments instead.
     let equal = |what: &str| {
-        wait_for(what, WAIT, || server.stderr(), || {
-            f.join("data-000001.p1seg").exists() && segment_files(&f) == segment_files(&l)
-        })
+        wait_for(
+            what,
+            WAIT,
+            || server.stderr(),
+            || f.join("data-000001.p1seg").exists() && segment_files(&f) == segment_files(&l),
+        )
     };
     equal("the alpha daemon to catch up over TLS");
     p.sessions(&l, 10, 11);
@@ -349,7 +352,14 @@ fn refused_clients_get_nothing_and_are_logged_once() {
     let secure: Vec<&str> = secure.iter().map(String::as_str).collect();
     let (ca, cert, key) = (pki.p("ca.pem"), pki.p("client.pem"), pki.p("client.key"));
     let (token, wrong) = (pki.p("token"), pki.p("wrong-token"));
-    let tls = ["--tls", "client", "--tls-ca", &ca, "--tls-domain", "localhost"];
+    let tls = [
+        "--tls",
+        "client",
+        "--tls-ca",
+        &ca,
+        "--tls-domain",
+        "localhost",
+    ];
 
     // A wrong token.
     let (server, port, m) = listener(&l, &secure);
@@ -453,17 +463,43 @@ fn bad_tls_configuration_is_exit_2_before_anything_is_touched() {
     let (client_key, token) = (pki.p("client.key"), pki.p("token"));
     let tcp = format!("tcp://127.0.0.1:{port}");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--sink", &tls], "--sink tls:// needs --tls-ca and --tls-domain"),
         (
-            vec!["--sink", &tls, "--tls-ca", "/nonexistent/ca.pem", "--tls-domain", "x"],
+            vec!["--sink", &tls],
+            "--sink tls:// needs --tls-ca and --tls-domain",
+        ),
+        (
+            vec![
+                "--sink",
+                &tls,
+                "--tls-ca",
+                "/nonexistent/ca.pem",
+                "--tls-domain",
+                "x",
+            ],
             "cannot read --tls-ca /nonexistent/ca.pem",
         ),
         (
-            vec!["--sink", &tls, "--tls-ca", &ca, "--tls-domain", "localhost", "--tls-cert", &cert],
+            vec![
+                "--sink",
+                &tls,
+                "--tls-ca",
+                &ca,
+                "--tls-domain",
+                "localhost",
+                "--tls-cert",
+                &cert,
+            ],
             "needs both --tls-cert and --tls-key",
         ),
         (
-            vec!["--listen", "127.0.0.1:0", "--tls", "server", "--tls-cert", &cert],
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tls",
+                "server",
+                "--tls-cert",
+                &cert,
+            ],
             "--tls server needs --tls-cert and --tls-key",
         ),
         (
@@ -480,14 +516,28 @@ fn bad_tls_configuration_is_exit_2_before_anything_is_touched() {
             "does not match the certificate",
         ),
         (
-            vec!["--listen", "127.0.0.1:0", "--tls", "server", "--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &token],
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tls",
+                "server",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-client-ca",
+                &token,
+            ],
             "holds no PEM certificate",
         ),
         (
             vec!["--sink", &tcp, "--auth-token-file", &token],
             "would send the token in the clear",
         ),
-        (vec!["--listen", "127.0.0.1:0", "--tls", "client"], "with --listen use --tls server"),
+        (
+            vec!["--listen", "127.0.0.1:0", "--tls", "client"],
+            "with --listen use --tls server",
+        ),
         (vec!["--tls-ca", &ca], "needs a network link"),
         (vec!["--allow", "10.0.0.0/8"], "--allow needs --listen"),
         (vec!["--sink", "udp://x:1"], "bad --sink"),
@@ -502,4 +552,83 @@ fn bad_tls_configuration_is_exit_2_before_anything_is_touched() {
         assert_one_line_error(&o, 2, needle);
         assert!(probe.accept().is_err(), "{extra:?} connected to the sink");
     }
+}
+
+/// Handshake deadline: silent peers on `--listen --tls server` take no
+/// streaming slot (`--max-clients 1`) and are closed after
+/// `--handshake-timeout-secs`, counted as refused; a TLS follower that
+/// connects meanwhile is served at once.
+#[test]
+fn silent_peers_do_not_hold_up_a_tls_follower_and_are_closed_at_the_deadline() {
+    let pki = Pki::new();
+    let work = tempfile::tempdir().unwrap();
+    let l = fixture_leader(work.path(), "c02-overflow");
+    let want = read_last_lsn(&l);
+    let (cert, key, ca) = (pki.p("server.pem"), pki.p("server.key"), pki.p("ca.pem"));
+    let (server, port, m) = listener(
+        &l,
+        &[
+            "--tls",
+            "server",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--handshake-timeout-secs",
+            "5",
+            "--max-clients",
+            "1",
+        ],
+    );
+    let silent: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let f = work.path().join("follower");
+    let addr = format!("127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let _follower = LoggedChild::spawn(
+        "quiverdb-follower",
+        &[
+            "--path",
+            s(&f),
+            "--connect",
+            &addr,
+            "--tls",
+            "client",
+            "--tls-ca",
+            &ca,
+            "--tls-domain",
+            "localhost",
+        ],
+        &[],
+    );
+    wait_for(
+        "the TLS follower to be served",
+        WAIT,
+        || server.stderr(),
+        || val(&scrape(m), "shipped_lsn") == want,
+    );
+    // Served while the silent peers still hold their handshake slots
+    // (their deadline has not passed yet).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served after {:?}",
+        started.elapsed()
+    );
+    for mut p in silent {
+        p.set_read_timeout(Some(WAIT)).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(p.read(&mut b).unwrap_or(0), 0, "a silent peer got data");
+    }
+    wait_for(
+        "the timed-out peers to be counted",
+        WAIT,
+        || server.stderr(),
+        || val(&scrape(m), "refused_total") == 5,
+    );
+    assert!(
+        server.stderr().contains("no TLS handshake within 5 s"),
+        "{}",
+        server.stderr()
+    );
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::pki::{Pki, TOKEN};
 use common::*;
 use quiverdb_follower::auth::{self, Token};
-use quiverdb_follower::tls::{connect_tls, ClientTls, ClientTlsFiles, TlsStream};
+use quiverdb_follower::tls::{connect_tls, ClientTls, TlsStream};
 use rustls_pki_types::pem::PemObject;
 
 const CASE: &str = "c02-overflow";

@@ -198,7 +198,9 @@ impl Args {
         }
         let tls = match (listening, sink, given) {
             (true, _, Some(TlsMode::Client)) => {
-                return Err("--tls client is for --sink tls://; with --listen use --tls server".into())
+                return Err(
+                    "--tls client is for --sink tls://; with --listen use --tls server".into(),
+                )
             }
             (true, _, g) => g.unwrap_or(TlsMode::None),
             (false, Sink::Tls(_), None | Some(TlsMode::Client)) => TlsMode::Client,
@@ -207,9 +209,7 @@ impl Args {
                     "--sink tls:// connects with TLS (client mode), but --tls is {m}: drop --tls"
                 ))
             }
-            (false, _, Some(TlsMode::Server)) => {
-                return Err("--tls server needs --listen".into())
-            }
+            (false, _, Some(TlsMode::Server)) => return Err("--tls server needs --listen".into()),
             (false, _, Some(TlsMode::Client)) => {
                 return Err(format!(
                     "--tls client needs --sink tls://HOST:PORT (the sink is {sink})"
@@ -245,7 +245,9 @@ impl Args {
                 tls_client_ca: l.tls_client_ca.clone(),
                 auth_token_file: l.auth_token_file.clone(),
                 allow_plaintext_token: l.allow_plaintext_token,
-                handshake_timeout_secs: l.handshake_timeout_secs.unwrap_or(d.handshake_timeout_secs),
+                handshake_timeout_secs: l
+                    .handshake_timeout_secs
+                    .unwrap_or(d.handshake_timeout_secs),
             },
             listening,
         ))
@@ -295,7 +297,9 @@ mod tests {
             .unwrap_err()
             .contains("needs a network link"));
         assert_eq!(
-            settings(&["--listen", "a:1", "--tls", "server"]).unwrap().tls,
+            settings(&["--listen", "a:1", "--tls", "server"])
+                .unwrap()
+                .tls,
             TlsMode::Server
         );
         assert!(settings(&["--sink", "tcp://f:1", "--allow", "10.0.0.0/8"]).is_err());

@@ -96,7 +96,9 @@ pub fn serve(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ShipError> {
     let metrics = opts.ship.metrics.clone();
-    let hook = metrics.clone().map(|m| RefusedHook(Arc::new(move || m.refused())));
+    let hook = metrics
+        .clone()
+        .map(|m| RefusedHook(Arc::new(move || m.refused())));
     let listener = Listener::bind(addr, opts.allow.clone())?.on_refused(hook.clone());
     let log = Arc::new(PeerLog::with_hook(hook.clone()));
     let hs = Arc::new(HandshakeOptions {
