@@ -406,7 +406,10 @@ fn metrics_after_a_catch_up_show_the_leader_lsn_shipped() {
     let l = fixture_leader(work.path(), CASE);
     let want = read_last_lsn(&l);
     let (server, port, m) = listener(&l, &[]);
-    assert_eq!(get(m, "/healthz").0, 200);
+    // 200 once the port is bound (the "listening on" line comes just before).
+    wait_for("/healthz to be 200", WAIT, String::new, || {
+        get(m, "/healthz").0 == 200
+    });
     let f = work.path().join("follower");
     let addr = format!("127.0.0.1:{port}");
     let mut follower = LoggedChild::spawn(
