@@ -20,8 +20,8 @@ pub mod serve;
 pub mod tail;
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
-use std::net::TcpStream;
+use std::io::{self, IoSlice, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,9 +31,13 @@ use thiserror::Error;
 
 use crate::format::layout::WAL_FILE;
 use crate::format::wal::{encode_truncate, stream_header};
+use crate::metrics::ShipMetrics;
 use crate::storage::fs::StdFs;
 use crate::storage::meta::{self, Meta};
 use crate::transport::codec::Compression;
+use crate::transport::handshake::{self, Conn};
+use crate::transport::link::Link;
+use crate::transport::net::{self, NetError, SessionOptions};
 use frame::FrameWriter;
 use marker::Marker;
 use tail::{Event, WalTail};
@@ -59,7 +63,14 @@ pub enum ShipError {
         #[source]
         source: io::Error,
     },
-    #[error("bad --sink {0:?}: expected tcp://HOST:PORT or file://PATH")]
+    /// TLS or the token failed (a connect failure is [`ShipError::OpenSink`]).
+    #[error("cannot open sink {sink}: {source}")]
+    SecureSink {
+        sink: String,
+        #[source]
+        source: NetError,
+    },
+    #[error("bad --sink {0:?}: expected tcp://HOST:PORT, tls://HOST:PORT or file://PATH")]
     BadSink(String),
     #[error(transparent)]
     Net(#[from] crate::transport::net::NetError),
@@ -80,6 +91,8 @@ impl ShipError {
 pub enum Sink {
     Stdout,
     Tcp(String),
+    /// TLS client to HOST:PORT (the link's `client` material is required).
+    Tls(String),
     File(PathBuf),
 }
 
@@ -89,6 +102,7 @@ impl std::fmt::Display for Sink {
         match self {
             Sink::Stdout => f.write_str("stdout"),
             Sink::Tcp(a) => write!(f, "tcp://{a}"),
+            Sink::Tls(a) => write!(f, "tls://{a}"),
             Sink::File(p) => write!(f, "file://{}", p.display()),
         }
     }
@@ -98,6 +112,8 @@ impl Sink {
     pub fn parse(s: &str) -> Result<Sink, ShipError> {
         if let Some(a) = s.strip_prefix("tcp://").filter(|a| a.contains(':')) {
             Ok(Sink::Tcp(a.to_string()))
+        } else if let Some(a) = s.strip_prefix("tls://").filter(|a| a.contains(':')) {
+            Ok(Sink::Tls(a.to_string()))
         } else if let Some(p) = s.strip_prefix("file://").filter(|p| !p.is_empty()) {
             Ok(Sink::File(PathBuf::from(p)))
         } else {
@@ -105,9 +121,19 @@ impl Sink {
         }
     }
 
+    /// True for the sinks that connect (`tcp://`, `tls://`): the ones the
+    /// link settings (TLS, token) apply to.
+    pub fn is_network(&self) -> bool {
+        matches!(self, Sink::Tcp(_) | Sink::Tls(_))
+    }
+
     /// Open it as wal-ship does: one TCP connect with TCP_NODELAY (no
-    /// retry), or create/truncate the file (and its parent folders).
-    pub fn open(&self) -> Result<Box<dyn Write + Send>, ShipError> {
+    /// retry), or create/truncate the file (and its parent folders). A
+    /// network sink then runs the TLS client handshake (`tls://`, with
+    /// `link.client`) and sends the token (with `link.token`), both within
+    /// `link.handshake_timeout` (the transport's own connecting side,
+    /// [`handshake::connect_secure`]).
+    pub fn open(&self, link: &Link, stop: &AtomicBool) -> Result<SinkStream, ShipError> {
         let fail = |source| ShipError::OpenSink {
             sink: self.to_string(),
             source,
@@ -116,19 +142,32 @@ impl Sink {
             // A File on a duplicate of fd 1, not io::stdout(): that one is
             // line-buffered and would split binary frames at every newline
             // byte, and it cannot take a vectored write as one system call.
-            Sink::Stdout => Box::new(std::fs::File::from(
+            Sink::Stdout => SinkStream::File(std::fs::File::from(
                 io::stdout().as_fd().try_clone_to_owned().map_err(fail)?,
             )),
-            Sink::Tcp(a) => {
-                let s = TcpStream::connect(a).map_err(fail)?;
-                s.set_nodelay(true).map_err(fail)?;
-                Box::new(s)
+            Sink::Tcp(a) | Sink::Tls(a) => {
+                let tcp = connect(a, link.handshake_timeout).map_err(fail)?;
+                // Keepalive: a follower host that vanished is noticed
+                // instead of a write blocking for ever.
+                net::configure_stream(&tcp, &SessionOptions::default()).map_err(|e| {
+                    ShipError::SecureSink {
+                        sink: self.to_string(),
+                        source: e,
+                    }
+                })?;
+                let conn = handshake::connect_secure(tcp, a, link, stop).map_err(|e| {
+                    ShipError::SecureSink {
+                        sink: self.to_string(),
+                        source: e,
+                    }
+                })?;
+                SinkStream::Net(Box::new(conn))
             }
             Sink::File(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(fail)?;
                 }
-                Box::new(
+                SinkStream::File(
                     OpenOptions::new()
                         .write(true)
                         .create(true)
@@ -138,6 +177,87 @@ impl Sink {
                 )
             }
         })
+    }
+}
+
+/// One TCP connect per resolved address, each bounded by `timeout` (a host
+/// that drops SYNs would otherwise hold qdb-ship for minutes).
+fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses found");
+    for target in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&target, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// An opened sink.
+#[derive(Debug)]
+pub enum SinkStream {
+    /// stdout or a file.
+    File(std::fs::File),
+    /// A connection (plain TCP or TLS), past the token.
+    Net(Box<Conn>),
+}
+
+impl SinkStream {
+    /// End a TLS connection with close_notify, so the follower reads a
+    /// clean end; a plain socket or a file just closes when dropped.
+    pub fn close(&mut self) -> io::Result<()> {
+        match self {
+            SinkStream::Net(c) if c.is_tls() => c.close(),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Write for SinkStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            SinkStream::File(f) => f.write(buf),
+            SinkStream::Net(c) => c.write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            SinkStream::File(f) => f.write_vectored(bufs),
+            SinkStream::Net(c) => c.write_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SinkStream::File(f) => f.flush(),
+            SinkStream::Net(c) => c.flush(),
+        }
+    }
+}
+
+/// Counts the bytes that reach the sink (`quiverdb_ship_bytes_total`).
+/// Vectored writes pass through as such: catch-up batches rely on them.
+struct Counted<'m, W> {
+    inner: W,
+    metrics: Option<&'m ShipMetrics>,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(m) = self.metrics {
+            m.add_bytes(n as u64);
+        }
+        Ok(n)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.inner.write_vectored(bufs)?;
+        if let Some(m) = self.metrics {
+            m.add_bytes(n as u64);
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -152,6 +272,8 @@ pub struct ShipOptions {
     pub poll: Duration,
     /// Heartbeat period while following; `None`: no heartbeats.
     pub heartbeat: Option<Duration>,
+    /// Updated as the stream goes (`--metrics-addr`).
+    pub metrics: Option<ShipMetrics>,
 }
 
 impl ShipOptions {
@@ -164,6 +286,7 @@ impl ShipOptions {
             flush_bytes: 0,
             poll: Duration::from_millis(2),
             heartbeat: Some(Duration::from_secs(1)),
+            metrics: None,
         }
     }
 }
@@ -201,7 +324,12 @@ pub fn ship<W: Write>(
     stop: &AtomicBool,
 ) -> Result<ShipStats, ShipError> {
     let root = &opts.path;
+    let metrics = opts.metrics.as_ref();
     let mut m = leader_meta(root)?;
+    let sink = Counted {
+        inner: sink,
+        metrics,
+    };
     let mut out = FrameWriter::new(sink, opts.compress, opts.flush_every, opts.flush_bytes)
         .map_err(ShipError::Sink)?;
     let mut tail = open_tail(root);
@@ -249,6 +377,9 @@ pub fn ship<W: Write>(
             Event::Truncated => {
                 meta_lsn = None;
                 st.truncations += 1;
+                if let Some(mt) = metrics {
+                    mt.truncation();
+                }
                 log::debug!("WAL truncated or rewritten");
                 out.frame(&[&truncate]).map_err(ShipError::Sink)?;
                 out.header(&header).map_err(ShipError::Sink)?;
@@ -258,7 +389,7 @@ pub fn ship<W: Write>(
                 meta_lsn = None;
                 if lsn <= st.complete.saturating_add(1) {
                     if lsn > st.complete {
-                        send_wal_record(&mut out, tail.as_ref(), &mut st, lsn)?;
+                        send_wal_record(&mut out, tail.as_ref(), &mut st, lsn, metrics)?;
                     }
                     continue;
                 }
@@ -268,6 +399,9 @@ pub fn ship<W: Write>(
                 None => {
                     m = leader_meta(root)?;
                     meta_lsn = Some(m.last_lsn);
+                    if let Some(mt) = metrics {
+                        mt.set_leader_lsn(m.last_lsn);
+                    }
                     if tail.is_none() {
                         tail = reopen_tail(root);
                     }
@@ -298,13 +432,13 @@ pub fn ship<W: Write>(
         }
         // Frames may have been missed: catch up from the data segments.
         m = leader_meta(root)?;
-        catch_up(root, &m, &mut out, &mut st)?;
+        catch_up(root, &m, &mut out, &mut st, metrics)?;
         meta_lsn = None;
         if let Some(lsn) = held {
             // Commits are sequential, so the catch-up's upto (read after
             // this record was in the WAL) is at least lsn - 1.
             if lsn > st.complete {
-                send_wal_record(&mut out, tail.as_ref(), &mut st, lsn)?;
+                send_wal_record(&mut out, tail.as_ref(), &mut st, lsn, metrics)?;
             }
         }
     }
@@ -317,12 +451,16 @@ fn send_wal_record<W: Write>(
     tail: Option<&WalTail>,
     st: &mut ShipStats,
     lsn: u64,
+    metrics: Option<&ShipMetrics>,
 ) -> Result<(), ShipError> {
     let rec = tail.expect("a record came from the tail").record();
     out.frame(&[rec]).map_err(ShipError::Sink)?;
     st.wal_records += 1;
     if lsn == st.complete.saturating_add(1) {
         st.complete = lsn;
+        if let Some(m) = metrics {
+            m.set_shipped_lsn(lsn);
+        }
     }
     Ok(())
 }
@@ -334,11 +472,15 @@ fn catch_up<W: Write>(
     m: &Meta,
     out: &mut FrameWriter<W>,
     st: &mut ShipStats,
+    metrics: Option<&ShipMetrics>,
 ) -> Result<(), ShipError> {
     let since = st.complete;
     let upto = m.last_lsn.max(since);
     out.frame(&[&Marker::Begin { since, upto }.encode()])
         .map_err(ShipError::Sink)?;
+    if let Some(mt) = metrics {
+        mt.catchup_scan();
+    }
     let started = Instant::now();
     // Sink errors come back through the scan as io errors: tell them apart.
     let mut sink_err = None;
@@ -348,7 +490,13 @@ fn catch_up<W: Write>(
             let kind = e.kind();
             sink_err = Some(e);
             io::Error::from(kind)
-        })
+        })?;
+        // A batch is (record header, page) pairs; counted as they leave,
+        // so a long scan shows its progress.
+        if let Some(mt) = metrics {
+            mt.add_catchup_pages(batch.len() as u64 / 2);
+        }
+        Ok(())
     });
     let r = match (r, sink_err) {
         (_, Some(e)) => return Err(ShipError::Sink(e)),
@@ -367,6 +515,9 @@ fn catch_up<W: Write>(
     st.catchups += 1;
     st.catchup_pages += r.pages;
     st.complete = upto;
+    if let Some(mt) = metrics {
+        mt.set_shipped_lsn(upto);
+    }
     log::info!(
         "catch-up since lsn {since}: {} pages, complete up to lsn {upto} ({:.3}s)",
         r.pages,

@@ -2,14 +2,23 @@
 //! to. Each connection gets its own stream (its own header, compressor and
 //! tail), on its own thread, up to a cap.
 //!
-//! Resume request (docs/protocol.md): a client may send, first, the 16
-//! bytes `QFRESUME` + u64 LE LSN; it is then served everything after that
-//! LSN. A client that sends nothing within the resume window (QuiverDB's
-//! 1.3-alpha daemon, `qdb-recv` without `--resume-from`) is served from
-//! `--since-lsn`.
+//! A connection is served only after it has proven itself, within
+//! `--handshake-timeout-secs` from accept: its address is in `--allow`,
+//! then the TLS handshake (`--tls server`; a client certificate with
+//! `--tls-client-ca`) and the token (`--auth-token-file`), both run by the
+//! transport's own [`handshake::prove`]. Unproven connections take one of
+//! [`MAX_PENDING`] handshake slots, never one of the `--max-clients`
+//! streaming slots, so silent peers cannot keep followers from being served.
+//! Refusals are logged through [`PeerLog`] (rate-limited, counted).
+//!
+//! Resume request (docs/protocol.md): after TLS and the token, a client may
+//! send the 16 bytes `QFRESUME` + u64 LE LSN; it is then served everything
+//! after that LSN. A client that sends nothing within the resume window
+//! (QuiverDB's 1.3-alpha daemon, `qdb-recv` without `--resume-from`) is
+//! served from `--since-lsn`.
 
-use std::io::Read;
-use std::net::{Shutdown, TcpStream};
+use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -18,7 +27,9 @@ use std::time::{Duration, Instant};
 use super::marker::parse_resume_request;
 use super::{ship, ShipError, ShipOptions};
 use crate::format::layout::{QF_RESUME_LEN, QF_RESUME_MAGIC};
-use crate::transport::net::{AllowList, Listener};
+use crate::transport::handshake::{self, Conn, Expect, HandshakeOptions, MAX_PENDING};
+use crate::transport::link::Link;
+use crate::transport::net::{AllowList, Listener, PeerLog, RefusedHook, SessionOptions, TICK};
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -26,25 +37,36 @@ pub struct ServeOptions {
     /// Served to clients that send no resume request.
     pub since_lsn: u64,
     pub max_clients: usize,
-    /// How long to wait for a resume request after accepting.
+    /// How long to wait for a resume request after the handshake.
     pub resume_wait: Duration,
+    /// `--allow`: the peers that may connect (empty: any).
+    pub allow: AllowList,
+    /// TLS server material, token and handshake deadline (`link.client`
+    /// is unused here).
+    pub link: Link,
 }
 
 /// Read the optional resume request. `None`: the client sent nothing in
 /// time (or something else, which is logged and otherwise ignored).
-fn read_resume(s: &mut TcpStream, wait: Duration, peer: &str) -> Option<u64> {
+fn read_resume(s: &mut Conn, wait: Duration, peer: &str) -> Option<u64> {
     let deadline = Instant::now() + wait;
     let mut b = [0u8; QF_RESUME_LEN];
     let mut got = 0;
     while got < b.len() {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+        // The socket's timeout bounds each read (the TLS layer reads
+        // through the same socket), so the window holds under TLS too.
+        if left.is_zero() || s.tcp().set_read_timeout(Some(left)).is_err() {
             break;
         }
         match s.read(&mut b[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
             Err(_) => break,
         }
         // Not our magic: no need to wait for the rest.
@@ -52,7 +74,7 @@ fn read_resume(s: &mut TcpStream, wait: Duration, peer: &str) -> Option<u64> {
             break;
         }
     }
-    let _ = s.set_read_timeout(None);
+    let _ = s.tcp().set_read_timeout(Some(TICK));
     match parse_resume_request(&b[..got]) {
         Some(lsn) => Some(lsn),
         None if got == 0 => None,
@@ -64,49 +86,146 @@ fn read_resume(s: &mut TcpStream, wait: Duration, peer: &str) -> Option<u64> {
 }
 
 /// Accept followers until `stop` is set. Each stream ends when its client
-/// goes away (noticed at the latest at the next heartbeat).
-pub fn serve(addr: &str, opts: &ServeOptions, stop: Arc<AtomicBool>) -> Result<(), ShipError> {
-    let listener = Listener::bind(addr, AllowList(Vec::new()))?;
+/// goes away (noticed at the latest at the next heartbeat). `ready` gets the
+/// bound address. `hangup` (SIGHUP) re-reads the TLS certificate and key.
+pub fn serve(
+    addr: &str,
+    opts: &ServeOptions,
+    stop: Arc<AtomicBool>,
+    hangup: Arc<AtomicBool>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), ShipError> {
+    let metrics = opts.ship.metrics.clone();
+    let hook = metrics
+        .clone()
+        .map(|m| RefusedHook(Arc::new(move || m.refused())));
+    let listener = Listener::bind(addr, opts.allow.clone())?.on_refused(hook.clone());
+    let log = Arc::new(PeerLog::with_hook(hook.clone()));
+    let hs = Arc::new(HandshakeOptions {
+        tls: opts.link.server.clone(),
+        token: opts.link.token.clone(),
+        timeout: opts.link.handshake_timeout,
+        expect: Expect::Nothing,
+        session: SessionOptions::default(),
+        on_refused: hook,
+    });
+    watch_hangup(&opts.link, hangup, stop.clone());
+    if let Some(m) = &metrics {
+        m.set_healthy(true);
+    }
+    ready(listener.local_addr());
+    let pending = Arc::new(AtomicUsize::new(0));
     let active = Arc::new(AtomicUsize::new(0));
-    while let Some((mut stream, peer)) = listener.accept(&stop)? {
-        if active.load(Ordering::SeqCst) >= opts.max_clients {
-            log::warn!(
-                "refused {peer}: already serving {} followers (--max-clients)",
-                opts.max_clients
+    let result = loop {
+        let (tcp, peer) = match listener.accept(&stop) {
+            Ok(Some(x)) => x,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        // Counted before the thread starts, so a burst cannot overshoot.
+        if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            log.warn(
+                peer,
+                &format_args!(
+                    "refused connection from {peer}: {MAX_PENDING} connections are already in handshake"
+                ),
             );
             continue;
         }
-        active.fetch_add(1, Ordering::SeqCst);
-        let (opts, stop, counter) = (opts.clone(), stop.clone(), active.clone());
+        let (opts, stop) = (opts.clone(), stop.clone());
+        let (hs, plog, pending2, active) =
+            (hs.clone(), log.clone(), pending.clone(), active.clone());
         let spawned = thread::Builder::new()
             .name(format!("ship {peer}"))
             .spawn(move || {
-                let peer = peer.to_string();
-                let _ = stream.set_nodelay(true);
-                let since = match read_resume(&mut stream, opts.resume_wait, &peer) {
-                    Some(lsn) => {
-                        log::info!("{peer} resumes after lsn {lsn}");
-                        lsn
+                let deadline = Instant::now() + hs.timeout;
+                let proven = handshake::prove(&hs, tcp, peer, deadline, &stop);
+                pending2.fetch_sub(1, Ordering::AcqRel);
+                let conn = match proven {
+                    Ok(c) => c,
+                    Err(msg) if stop.load(Ordering::Relaxed) => {
+                        log::debug!("connection from {peer} dropped on shutdown: {msg}");
+                        return;
                     }
-                    None => opts.since_lsn,
+                    Err(msg) => return plog.warn(peer, &msg),
                 };
-                let closer = stream.try_clone().ok();
-                match ship(&opts.ship, since, stream, &stop) {
-                    Ok(st) => {
-                        log::info!("stream to {peer} ended: complete up to lsn {}", st.complete)
-                    }
-                    Err(e) if e.is_disconnect() => log::info!("{peer} disconnected"),
-                    Err(e) => log::warn!("stream to {peer} failed: {e}"),
+                if active.fetch_add(1, Ordering::AcqRel) >= opts.max_clients {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    plog.warn(
+                        peer,
+                        &format_args!(
+                            "refused {peer}: already serving {} followers (--max-clients)",
+                            opts.max_clients
+                        ),
+                    );
+                    let mut conn = conn;
+                    let _ = conn.close();
+                    return;
                 }
-                if let Some(c) = closer {
-                    let _ = c.shutdown(Shutdown::Both);
-                }
-                counter.fetch_sub(1, Ordering::SeqCst);
+                stream_to(conn, &peer.to_string(), &opts, &stop);
+                active.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
-            log::warn!("cannot serve {peer}: {e}");
-            active.fetch_sub(1, Ordering::SeqCst);
+            pending.fetch_sub(1, Ordering::AcqRel);
+            log.warn(peer, &format_args!("cannot serve {peer}: {e}"));
         }
+    };
+    if let Some(m) = &metrics {
+        m.set_healthy(false);
     }
-    Ok(())
+    result
+}
+
+/// One follower's stream, on a proven connection.
+fn stream_to(mut conn: Conn, peer: &str, opts: &ServeOptions, stop: &AtomicBool) {
+    let tls = if conn.is_tls() { " (TLS)" } else { "" };
+    let since = match read_resume(&mut conn, opts.resume_wait, peer) {
+        Some(lsn) => {
+            log::info!("{peer}{tls} resumes after lsn {lsn}");
+            lsn
+        }
+        None => {
+            log::info!(
+                "{peer}{tls} sent no resume request: serving after --since-lsn {}",
+                opts.since_lsn
+            );
+            opts.since_lsn
+        }
+    };
+    let metrics = opts.ship.metrics.as_ref();
+    if let Some(m) = metrics {
+        m.follower_connected();
+    }
+    match ship(&opts.ship, since, &mut conn, stop) {
+        Ok(st) => log::info!("stream to {peer} ended: complete up to lsn {}", st.complete),
+        Err(e) if e.is_disconnect() => log::info!("{peer} disconnected"),
+        Err(e) => log::warn!("stream to {peer} failed: {e}"),
+    }
+    if let Some(m) = metrics {
+        m.follower_disconnected();
+    }
+    // close_notify, then wait for the client to close: the end of the
+    // stream must not be lost to a reset.
+    let _ = conn.close();
+}
+
+/// SIGHUP (which would otherwise kill the process): re-read the server
+/// certificate and key; running streams keep their connections.
+fn watch_hangup(link: &Link, hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+    let tls = link.server.clone();
+    let spawned = thread::Builder::new().name("sighup".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if hangup.swap(false, Ordering::Relaxed) {
+                match &tls {
+                    Some(tls) => handshake::reload_server(tls),
+                    None => log::info!("SIGHUP: nothing to reload without --tls server"),
+                }
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch for SIGHUP: {e}");
+    }
 }

@@ -1,5 +1,5 @@
-//! Prometheus metrics for the follower daemon (and, after the `qdb-ship`
-//! merge, the leader tool): a cheap, clone-able handle whose hot-path
+//! Prometheus metrics for the follower daemon and the leader tool
+//! (`qdb-ship`): a cheap, clone-able handle whose hot-path
 //! updates are single atomic operations, and a tiny HTTP server
 //! ([`http`]) that serves `/metrics` and `/healthz`.
 //!
@@ -362,21 +362,32 @@ impl Exporter for Metrics {
     }
 }
 
-/// The leader side (`qdb-ship --metrics-addr`), named `quiverdb_ship_*`:
-/// ready for the ship tool to call once it is merged.
+/// The leader side (`qdb-ship --metrics-addr`), named `quiverdb_ship_*`.
+/// Every stream of the process updates the same set.
 #[derive(Clone)]
 pub struct ShipMetrics {
     inner: Arc<ShipInner>,
 }
 
+impl std::fmt::Debug for ShipMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShipMetrics").finish_non_exhaustive()
+    }
+}
+
 struct ShipInner {
     registry: Registry,
     healthy: AtomicBool,
+    /// The highest shipped LSN of any stream: several streams (followers
+    /// at different points) race to raise it, and it never goes down.
+    shipped: AtomicU64,
     shipped_lsn: IntGauge,
+    leader_lsn: IntGauge,
     catchup_scans: IntCounter,
     catchup_pages: IntCounter,
     truncations: IntCounter,
     bytes: IntCounter,
+    refused: IntCounter,
     followers: IntGauge,
 }
 
@@ -393,21 +404,35 @@ impl ShipMetrics {
         let c =
             |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
         let inner = ShipInner {
-            shipped_lsn: int_gauge(&r, "shipped_lsn", "Highest LSN sent to followers."),
+            shipped: AtomicU64::new(0),
+            shipped_lsn: int_gauge(
+                &r,
+                "shipped_lsn",
+                "Every change up to this LSN has been sent to a follower (the highest over all streams).",
+            ),
+            leader_lsn: int_gauge(
+                &r,
+                "leader_lsn",
+                "The leader's meta.last_lsn as last read (0 until read).",
+            ),
             catchup_scans: c(
                 "catchup_scans_total",
-                "Catch-up scans of the leader's WAL (a follower resuming from an older LSN).",
+                "Catch-up scans of the leader's data segments (frames may have been missed, or a follower resumed from before the WAL).",
             ),
             catchup_pages: c("catchup_pages_total", "Page images sent by catch-up scans."),
             truncations: c(
                 "truncations_total",
-                "WAL truncations (TRUNCATE records) seen on the leader.",
+                "WAL truncations or rewrites noticed (each stream counts those it notices).",
             ),
             bytes: c(
                 "bytes_total",
-                "Stream bytes sent to followers (after compression).",
+                "Stream bytes sent to followers (after compression and before TLS).",
             ),
-            followers: int_gauge(&r, "connected_followers", "Followers connected now."),
+            refused: c(
+                "refused_total",
+                "Connections refused or failed before streaming (--allow, TLS, token, --max-clients, handshake deadline).",
+            ),
+            followers: int_gauge(&r, "connected_followers", "Followers being streamed to now."),
             healthy: AtomicBool::new(false),
             registry: r,
         };
@@ -415,8 +440,15 @@ impl ShipMetrics {
             inner: Arc::new(inner),
         }
     }
+    /// A stream has sent every change up to `lsn`; the gauge shows the
+    /// highest such LSN of all streams.
     pub fn set_shipped_lsn(&self, lsn: u64) {
-        self.inner.shipped_lsn.set(gauge_i64(lsn));
+        // The gauge is set from this at scrape time: setting it here
+        // could let a slower stream's older value land last.
+        self.inner.shipped.fetch_max(lsn, Ordering::Relaxed);
+    }
+    pub fn set_leader_lsn(&self, lsn: u64) {
+        self.inner.leader_lsn.set(gauge_i64(lsn));
     }
     pub fn catchup_scan(&self) {
         self.inner.catchup_scans.inc();
@@ -429,6 +461,9 @@ impl ShipMetrics {
     }
     pub fn add_bytes(&self, n: u64) {
         self.inner.bytes.inc_by(n);
+    }
+    pub fn refused(&self) {
+        self.inner.refused.inc();
     }
     pub fn follower_connected(&self) {
         self.inner.followers.inc();
@@ -443,7 +478,10 @@ impl ShipMetrics {
 
 impl Exporter for ShipMetrics {
     fn encode(&self) -> String {
-        encode_registry(&self.inner.registry)
+        let i = &self.inner;
+        i.shipped_lsn
+            .set(gauge_i64(i.shipped.load(Ordering::Relaxed)));
+        encode_registry(&i.registry)
     }
     fn healthy(&self) -> bool {
         self.inner.healthy.load(Ordering::Relaxed)
@@ -498,7 +536,23 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name:?} missing from\n{text}");
         }
-        let ship = ShipMetrics::new().encode();
-        assert!(ship.contains("quiverdb_ship_shipped_lsn 0"), "{ship}");
+        let ship = ShipMetrics::new();
+        ship.set_shipped_lsn(7);
+        // A follower further behind does not lower it.
+        ship.set_shipped_lsn(3);
+        let text = ship.encode();
+        for name in [
+            "quiverdb_ship_shipped_lsn 7",
+            "quiverdb_ship_leader_lsn 0",
+            "quiverdb_ship_catchup_scans_total 0",
+            "quiverdb_ship_catchup_pages_total 0",
+            "quiverdb_ship_truncations_total 0",
+            "quiverdb_ship_bytes_total 0",
+            "quiverdb_ship_refused_total 0",
+            "quiverdb_ship_connected_followers 0",
+            "quiverdb_ship_build_info{version=",
+        ] {
+            assert!(text.contains(name), "{name:?} missing from\n{text}");
+        }
     }
 }

@@ -69,6 +69,10 @@ pub enum Expect {
     FramedWalHeader,
     /// At least one byte (compressed or unknown stream).
     AnyByte,
+    /// Nothing: the listening side sends the stream (`qdb-ship --listen`),
+    /// and what the client may send after TLS and the token (a resume
+    /// request) is read by the caller.
+    Nothing,
 }
 
 /// How connections are proven.
@@ -116,6 +120,13 @@ impl Conn {
     pub fn peer(&self) -> &str {
         &self.peer
     }
+
+    /// End the connection cleanly: TLS close_notify, then a wait for the
+    /// peer to close ([`TlsStream::close`]), so the end of what was written
+    /// is not lost to a reset.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.stream.close()
+    }
 }
 
 impl Read for Conn {
@@ -135,6 +146,9 @@ impl Read for Conn {
 impl io::Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stream.write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.stream.flush()
@@ -346,7 +360,7 @@ fn accept_loop(listener: Listener, shared: Arc<Shared>) {
             .stack_size(HANDSHAKE_STACK)
             .spawn(move || {
                 let deadline = Instant::now() + s.opts.timeout;
-                let result = prove(&s, tcp, peer, deadline);
+                let result = prove(&s.opts, tcp, peer, deadline, &s.shutdown);
                 s.pending.fetch_sub(1, Ordering::AcqRel);
                 match result {
                     Ok(conn) => offer(&s, conn, peer),
@@ -409,14 +423,16 @@ fn offer(shared: &Shared, conn: Conn, peer: SocketAddr) {
 }
 
 /// TLS, token, first stream bytes, all before `deadline`. The error is the
-/// log line.
-fn prove(
-    shared: &Shared,
+/// log line (for [`PeerLog::warn`]). Public for servers that run several
+/// sessions at once and so cannot use [`Acceptor`] (`qdb-ship --listen`,
+/// with [`Expect::Nothing`]); call it on a thread of its own.
+pub fn prove(
+    opts: &HandshakeOptions,
     tcp: TcpStream,
     peer: SocketAddr,
     deadline: Instant,
+    shutdown: &AtomicBool,
 ) -> Result<Conn, String> {
-    let opts = &shared.opts;
     let secs = opts.timeout.as_secs();
     let timed_out = |what: &str| {
         format!(
@@ -425,7 +441,7 @@ fn prove(
     };
     net::configure_stream(&tcp, &opts.session).map_err(|e| e.to_string())?;
     let mut stream = match &opts.tls {
-        Some(tls) => match tls.accept_until(tcp, deadline, &shared.shutdown) {
+        Some(tls) => match tls.accept_until(tcp, deadline, shutdown) {
             Ok(s) => s,
             Err(crate::transport::tls::TlsError::Timeout { .. }) => {
                 return Err(timed_out("TLS handshake"))
@@ -438,7 +454,7 @@ fn prove(
     let mut io = DeadlineIo {
         s: &mut stream,
         deadline,
-        shutdown: &shared.shutdown,
+        shutdown,
     };
     if let Some(token) = &opts.token {
         match auth::check_token(&mut io, token, &peer_s) {
@@ -452,6 +468,7 @@ fn prove(
     let need = match opts.expect {
         Expect::WalHeader | Expect::FramedWalHeader => WAL_HEADER_LEN,
         Expect::AnyByte => 1,
+        Expect::Nothing => 0,
     };
     let mut prefix = Vec::with_capacity(need);
     let mut buf = [0u8; WAL_HEADER_LEN];
@@ -486,7 +503,7 @@ fn prove(
                 return Err(e.to_string());
             }
         }
-        Expect::AnyByte => {}
+        Expect::AnyByte | Expect::Nothing => {}
     }
     Ok(Conn {
         stream,

@@ -11,6 +11,8 @@ use quiverdb_follower::format::layout::{
 };
 use testkit::stream::StreamIndex;
 
+pub mod pki;
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quiverdb-1.2.5")
 }
