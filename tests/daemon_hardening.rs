@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::stream::zstd_bomb;
 
 use child::{Daemon, DAEMON, WAIT};
 use common::{assert_one_line_error, read_last_lsn, wait_for, LoggedChild};
@@ -289,23 +290,6 @@ fn empty_path_and_bad_listen_values_are_exit_2_and_create_nothing() {
 }
 
 // ---- Item 5: the zstd window cap in the daemon ---------------------------------
-
-/// A zstd frame (window 2^window_log, no content size): one raw block with
-/// `prefix`, then `blocks` RLE blocks of 128 KiB of zeros.
-fn zstd_bomb(prefix: &[u8], blocks: usize, window_log: u8) -> Vec<u8> {
-    let mut v = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, (window_log - 10) << 3];
-    let block = |v: &mut Vec<u8>, last: bool, kind: u32, size: u32| {
-        let h = (size << 3) | (kind << 1) | u32::from(last);
-        v.extend_from_slice(&h.to_le_bytes()[..3]);
-    };
-    block(&mut v, blocks == 0, 0, prefix.len() as u32);
-    v.extend_from_slice(prefix);
-    for i in 0..blocks {
-        block(&mut v, i + 1 == blocks, 1, 128 << 10);
-        v.push(0);
-    }
-    v
-}
 
 /// `zstd -q -c --long=27`, through a pipe (so the window is not shrunk to
 /// the input's size).

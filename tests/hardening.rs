@@ -10,6 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use testkit::stream::zstd_bomb;
 
 use quiverdb_follower::format::layout::{pages_per_segment, segment_file_name};
 use quiverdb_follower::{DbLock, StdFs};
@@ -445,23 +446,6 @@ fn a_stream_entirely_behind_the_follower_is_warned_about_once() {
 }
 
 // ---- Defect 5 (codec): zstd window cap and memory ----------------------------------
-
-/// A zstd frame (window 2^window_log, no content size): one raw block with
-/// `prefix`, then `blocks` RLE blocks of 128 KiB of zeros.
-fn zstd_bomb(prefix: &[u8], blocks: usize, window_log: u8) -> Vec<u8> {
-    let mut v = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, (window_log - 10) << 3];
-    let block = |v: &mut Vec<u8>, last: bool, kind: u32, size: u32| {
-        let h = (size << 3) | (kind << 1) | u32::from(last);
-        v.extend_from_slice(&h.to_le_bytes()[..3]);
-    };
-    block(&mut v, blocks == 0, 0, prefix.len() as u32);
-    v.extend_from_slice(prefix);
-    for i in 0..blocks {
-        block(&mut v, i + 1 == blocks, 1, 128 << 10);
-        v.push(0);
-    }
-    v
-}
 
 /// Run qdb-unzip on `input` under GNU time; its exit code, stderr,
 /// decoded byte count and peak RSS in KiB. (wait4's rusage of a child we

@@ -15,13 +15,14 @@ mod peer;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::pki::Pki;
+use common::prom::{get, samples};
 use common::*;
 use peer::{s, Peer};
 
@@ -52,70 +53,16 @@ fn metrics_addr(c: &LoggedChild) -> SocketAddr {
     a.trim().trim_end_matches("/metrics").parse().unwrap()
 }
 
-/// GET `path` with a plain HTTP/1.1 request: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut c = TcpStream::connect_timeout(&addr, WAIT).unwrap();
-    c.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    c.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
-}
-
 /// `quiverdb_ship_*` samples of a scrape, by name (labels included).
 fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
     let (status, text) = get(addr, "/metrics");
     assert_eq!(status, 200, "{text}");
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (k.to_string(), v.parse().unwrap())
-        })
-        .collect()
+    samples(&text)
 }
 
 fn val(m: &BTreeMap<String, f64>, key: &str) -> u64 {
     *m.get(&format!("quiverdb_ship_{key}"))
         .unwrap_or_else(|| panic!("no {key} in {m:#?}")) as u64
-}
-
-/// `promtool check metrics` on `text`; required in CI, skipped (with a
-/// note) where promtool is not installed.
-fn promtool_check_metrics(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is missing in CI: .ci/run installs it (apt-get install prometheus)"
-        );
-        eprintln!("note: promtool not installed; `promtool check metrics` skipped");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "promtool check metrics failed:\n{}{}\non:\n{text}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// Every file of a follower that says what it holds: meta, the complete
@@ -434,7 +381,7 @@ fn metrics_after_a_catch_up_show_the_leader_lsn_shipped() {
     assert_eq!(val(&s, "refused_total"), 0);
     assert_eq!(s.get("quiverdb_ship_truncations_total"), Some(&0.0));
     let (_, text) = get(m, "/metrics");
-    promtool_check_metrics(&text);
+    common::prom::promtool(&["check", "metrics"], &text);
     wait_for(
         "the follower to be complete",
         WAIT,

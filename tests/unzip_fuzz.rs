@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+use testkit::stream::zstd_bomb;
 
 use child::Daemon;
 use common::*;
@@ -59,28 +60,6 @@ fn gzip_bomb(prefix: &[u8], mib: usize) -> Vec<u8> {
         }
     }
     out
-}
-
-/// A zstd frame (window 2^window_log, no content size, no checksum): one
-/// raw block with `prefix`, then `blocks` RLE blocks of 128 KiB of zeros,
-/// 4 bytes each: 1 GiB costs 32 KiB.
-fn zstd_bomb(prefix: &[u8], blocks: usize, window_log: u8) -> Vec<u8> {
-    let mut v = vec![0x28, 0xb5, 0x2f, 0xfd];
-    // Frame header descriptor: no content size, not single-segment, no
-    // checksum, no dictionary; then the window descriptor (mantissa 0).
-    v.push(0x00);
-    v.push((window_log - 10) << 3);
-    let block = |v: &mut Vec<u8>, last: bool, kind: u32, size: u32| {
-        let h = (size << 3) | (kind << 1) | u32::from(last);
-        v.extend_from_slice(&h.to_le_bytes()[..3]);
-    };
-    block(&mut v, blocks == 0, 0, prefix.len() as u32);
-    v.extend_from_slice(prefix);
-    for i in 0..blocks {
-        block(&mut v, i + 1 == blocks, 1, 128 << 10);
-        v.push(0);
-    }
-    v
 }
 
 /// What the stock decoder makes of the first `n` bytes of a stream.

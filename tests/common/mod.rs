@@ -2,6 +2,8 @@
 //! binaries as child processes, and comparing a follower with expected state.
 #![allow(dead_code)]
 
+pub mod prom;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
