@@ -670,7 +670,7 @@ fn power_loss_at_every_op_of_a_restore() {
     let want_dir = std::fs::read(common::case(case).join("leader/dir")).unwrap();
     let total = {
         let fs = sim(&root);
-        restore_dir(Arc::new(fs.clone()), &root, &bk, &restore_opts()).unwrap();
+        unlocked(|| restore_dir(Arc::new(fs.clone()), &root, &bk, &restore_opts())).unwrap();
         fs.ops()
     };
     assert!(total > 20, "{total}");
@@ -683,7 +683,8 @@ fn power_loss_at_every_op_of_a_restore() {
             let what = format!("cut at op {n} of {total} ({mode:?})");
             let fs = sim(&root);
             fs.cut_power_at(n);
-            let _ = restore_dir(Arc::new(fs.clone()), &root, &bk, &restore_opts());
+            // A lock refusal does no I/O, so retrying keeps the cut point.
+            let _ = unlocked(|| restore_dir(Arc::new(fs.clone()), &root, &bk, &restore_opts()));
             fs.crash(mode);
             let d = durable_files(&fs, &root);
             if let Some(m) = d.get("meta") {
@@ -758,7 +759,7 @@ fn power_loss_promote(stream: &[u8], force: bool, complete: Option<u64>) {
         fs.crash(CrashMode::LoseUnsynced);
         let before = durable_files(&fs, &root);
         let start = fs.ops();
-        promote(Arc::new(fs.clone()), &root, &opts).unwrap();
+        unlocked(|| promote(Arc::new(fs.clone()), &root, &opts)).unwrap();
         fs.crash(CrashMode::LoseUnsynced);
         (before, durable_files(&fs, &root), fs.ops() - start)
     };
@@ -780,7 +781,8 @@ fn power_loss_promote(stream: &[u8], force: bool, complete: Option<u64>) {
             follower(&fs);
             fs.crash(CrashMode::LoseUnsynced);
             fs.cut_power_at(fs.ops() + n);
-            let _ = promote(Arc::new(fs.clone()), &root, &opts);
+            // A lock refusal does no I/O, so retrying keeps the cut point.
+            let _ = unlocked(|| promote(Arc::new(fs.clone()), &root, &opts));
             fs.crash(mode);
             let d = durable_files(&fs, &root);
             for (name, bytes) in &d {
