@@ -95,12 +95,22 @@ impl<W: Write> FrameWriter<W> {
     }
 
     /// Many frames at once (a catch-up batch), outside the flush policy:
-    /// the caller flushes. Uncompressed, a batch larger than the buffer goes
-    /// to the sink as vectored writes without being copied (BufWriter
-    /// passes it through); per-frame flushes would cost a system call (and
-    /// a compressed block) per page.
+    /// the caller flushes. Uncompressed, the batch goes to the sink as
+    /// vectored writes without being copied: past the BufWriter (flushed
+    /// first), which would otherwise copy every slice through its buffer
+    /// and write 64 KiB at a time, since it cannot tell (on stable Rust)
+    /// that the sink takes vectored writes. Per-frame flushes would cost a
+    /// system call (and a compressed block) per page.
     pub fn bulk(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
         let n: usize = bufs.iter().map(|b| b.len()).sum();
+        let w: &mut dyn Write = match &mut self.enc {
+            Enc::Plain(b) => {
+                b.flush()?;
+                b.get_mut()
+            }
+            Enc::Gzip(w) => w,
+            Enc::Zstd(w) => w,
+        };
         // (slice, offset in it) of the first byte not yet written; a
         // window of at most IOV_MAX (1024) slices per call.
         let (mut i, mut off) = (0, 0);
@@ -113,7 +123,7 @@ impl<W: Write> FrameWriter<W> {
             window.clear();
             window.push(IoSlice::new(&bufs[i][off..]));
             window.extend(bufs[i + 1..].iter().take(1023).copied());
-            let mut k = match self.w().write_vectored(&window) {
+            let mut k = match w.write_vectored(&window) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -11,10 +11,13 @@
 //!
 //! Cost, about one sequential read of the segments (`scripts/bench-ship`
 //! compares it with `cat`):
-//! * pass 1 reads each segment in [`CHUNK_BYTES`] reads and keeps
-//!   (lsn, page id) pairs, 16 bytes a page. Up to [`KEEP_PAGES_BYTES`] the
-//!   reads land directly in the kept buffer (no copy), and those pages have
-//!   their CRC checked there, once;
+//! * pass 1 reads the segments in [`CHUNK_BYTES`] reads and keeps
+//!   (lsn, page id) pairs, 16 bytes a page. The first [`KEEP_PAGES_BYTES`]
+//!   of pages land directly in the kept buffer (no copy), read by one
+//!   thread per core (at most [`MAX_WORKERS`]), each its contiguous share,
+//!   and those pages have their CRC checked there, once: the kernel's
+//!   zeroing of that fresh memory, the copies and the CRCs run in parallel.
+//!   The pages past it are read sequentially, and only their LSN is kept;
 //! * pass 2 sorts the pairs by LSN and sends them in batches of
 //!   [`BATCH_BYTES`]: kept pages straight from memory, the others read again
 //!   with one `pread` per run of adjacent pages (sorted by offset), CRC
@@ -28,7 +31,7 @@
 //! plus at most `KEEP_PAGES_BYTES + CHUNK_BYTES + BATCH_BYTES` of page bytes.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice, Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
@@ -241,16 +244,80 @@ fn scan_kept(
 ) -> io::Result<CatchUp> {
     let ps = page_size as usize;
     let pps = pages_per_segment(page_size);
-    let chunk_pages = (CHUNK_BYTES / ps).max(1);
     let keep_pages = keep_bytes / ps;
-    // (lsn, page id) of every page to send.
-    let mut found: Vec<(u64, u64)> = Vec::new();
-    // Pages kept from pass 1, in pass-1 (ascending id) order, and their
-    // ids. Zeroed allocations come from calloc: untouched pages cost nothing.
+    // The whole pages of each segment now. Segments only grow, and every
+    // page up to `upto` was written before the caller read it: the pages
+    // past these sizes are newer, read below only as a bonus.
+    let mut sizes: Vec<u64> = Vec::new();
+    let mut total = 0usize;
+    while total < keep_pages {
+        let path = root.join(segment_file_name(sizes.len() as u64 + 1));
+        match std::fs::metadata(&path) {
+            Ok(m) => {
+                let whole = (m.len() / ps as u64).min(pps);
+                sizes.push(whole);
+                total += whole as usize;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+        }
+    }
+    // Pass 1a: the first `keep` pages in (segment, index) order, read into
+    // the kept buffer by up to `workers` threads, each its own contiguous
+    // share: the kernel's zeroing of fresh memory, the copies and the CRC
+    // checks then run on all cores.
+    let keep = total.min(keep_pages);
     let mut kept: Vec<u8> = Vec::new();
-    let mut kept_ids: Vec<u64> = Vec::new();
-    let mut chunk: Vec<u8> = Vec::new();
+    let mut found: Vec<(u64, u64)> = Vec::new();
+    let mut kept_ids: Vec<(u64, usize)> = Vec::new();
+    if keep > 0 {
+        kept = huge_zeroed(keep * ps);
+        // Tests use three readers whatever the machine, on shares that
+        // fall anywhere.
+        let cores = if cfg!(test) {
+            3
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        let workers = cores
+            .min(MAX_WORKERS)
+            .min((keep * ps / MIN_SHARE_BYTES).max(1));
+        let share = keep.div_ceil(workers);
+        let plan = Plan {
+            root,
+            ps,
+            pps,
+            since,
+            sizes: &sizes,
+        };
+        let plan = &plan;
+        let parts: Vec<io::Result<Kept>> = std::thread::scope(|s| {
+            let mut shares = kept.chunks_mut(share * ps).enumerate();
+            // The last share is read on this thread.
+            let (k, last) = shares.next_back().expect("keep > 0");
+            let handles: Vec<_> = shares
+                .map(|(k, mine)| s.spawn(move || plan.read_share(k * share, mine)))
+                .collect();
+            let last = plan.read_share(k * share, last);
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a pass-1 reader panicked"))
+                .chain(std::iter::once(last))
+                .collect()
+        });
+        for part in parts {
+            let part = part?;
+            found.extend(part.found);
+            kept_ids.extend(part.ids);
+        }
+    }
+    // Pass 1b: past the budget (or past the sizes seen: a growing segment,
+    // new segments), sequential reads; those pages are read again in
+    // pass 2.
+    let mut covered = keep as u64;
     let mut seg_no = 1u64;
+    let chunk_pages = (CHUNK_BYTES / ps).max(1);
+    let mut chunk: Vec<u8> = Vec::new();
     loop {
         let path = root.join(segment_file_name(seg_no));
         let mut f = match File::open(&path) {
@@ -258,52 +325,33 @@ fn scan_kept(
             Err(e) if e.kind() == io::ErrorKind::NotFound => break,
             Err(e) => return Err(e),
         };
-        let mut index = 0u64;
+        // Where pass 1a stopped in this segment (its size then).
+        let seen = sizes
+            .get(seg_no as usize - 1)
+            .map_or(0, |&w| w.min(covered));
+        covered -= seen;
+        let mut index = seen;
+        if index > 0 {
+            f.seek(io::SeekFrom::Start(index * ps as u64))?;
+        }
         while index < pps {
             let want = chunk_pages.min((pps - index) as usize);
-            let n = want.min(keep_pages - kept_ids.len());
-            let keeping = n > 0;
-            // Read straight into the kept buffer while within budget.
-            let buf = if keeping {
-                if kept.is_empty() {
-                    kept = huge_zeroed(keep_pages * ps);
-                }
-                let base = kept_ids.len() * ps;
-                &mut kept[base..base + n * ps]
-            } else {
-                if chunk.is_empty() {
-                    chunk = vec![0u8; chunk_pages * ps];
-                }
-                &mut chunk[..want * ps]
-            };
-            let len = buf.len();
+            if chunk.is_empty() {
+                chunk = vec![0u8; chunk_pages * ps];
+            }
+            let buf = &mut chunk[..want * ps];
             let got = fill(&mut f, buf)?;
             // Whole pages only; a short tail (a segment being grown) ends it.
             let whole = got / ps;
-            let mut w = 0;
             for i in 0..whole {
-                let id = (seg_no - 1) * pps + index + i as u64;
-                let p = &mut buf[i * ps..(i + 1) * ps];
-                if !page::v2_page_lsn(p).is_some_and(|l| l > since) {
-                    continue;
+                let p = &buf[i * ps..(i + 1) * ps];
+                // Checked when pass 2 reads it again.
+                if let Some(lsn) = page::v2_page_lsn(p).filter(|&l| l > since) {
+                    found.push((lsn, (seg_no - 1) * pps + index + i as u64));
                 }
-                if !keeping {
-                    // Checked when pass 2 reads it again.
-                    found.push((page::v2_page_lsn(p).unwrap_or(0), id));
-                    continue;
-                }
-                let Some(lsn) = settle(&f, (index + i as u64) * ps as u64, p, id, since)? else {
-                    continue;
-                };
-                if w != i {
-                    buf.copy_within(i * ps..(i + 1) * ps, w * ps);
-                }
-                w += 1;
-                found.push((lsn, id));
-                kept_ids.push(id);
             }
             index += whole as u64;
-            if got < len {
+            if got < want * ps {
                 break;
             }
         }
@@ -314,6 +362,79 @@ fn scan_kept(
     send(root, ps, pps, &found, &kept, &kept_ids, since, upto, emit)
 }
 
+/// At most this many pass-1 readers.
+const MAX_WORKERS: usize = 4;
+/// A pass-1 reader's share is at least this many bytes.
+const MIN_SHARE_BYTES: usize = if cfg!(test) { 64 << 10 } else { 8 << 20 };
+
+/// What pass 1a needs to read a share of the kept pages.
+struct Plan<'a> {
+    root: &'a Path,
+    ps: usize,
+    pps: u64,
+    since: u64,
+    /// Whole pages of each segment, from segment 1.
+    sizes: &'a [u64],
+}
+
+/// One reader's share of pass 1a, in ascending page id order.
+struct Kept {
+    /// (lsn, page id) of the pages to send.
+    found: Vec<(u64, u64)>,
+    /// (page id, offset in the kept buffer) of those pages.
+    ids: Vec<(u64, usize)>,
+}
+
+impl Plan<'_> {
+    /// Read the pages `first..` (in (segment, index) order) into `buf`,
+    /// whose offset in the kept buffer is `first * ps`, and check them.
+    fn read_share(&self, first: usize, buf: &mut [u8]) -> io::Result<Kept> {
+        let ps = self.ps;
+        let mut out = Kept {
+            found: Vec::new(),
+            ids: Vec::new(),
+        };
+        // The segment and index of page `first`.
+        let (mut seg, mut index) = (0usize, first as u64);
+        while index >= self.sizes[seg] {
+            index -= self.sizes[seg];
+            seg += 1;
+        }
+        let mut done = 0;
+        let n = buf.len() / ps;
+        while done < n {
+            let f = File::open(self.root.join(segment_file_name(seg as u64 + 1)))?;
+            let here = ((self.sizes[seg] - index) as usize).min(n - done);
+            let mut at = 0;
+            while at < here {
+                let k = (CHUNK_BYTES / ps).max(1).min(here - at);
+                let off = (index + at as u64) * ps as u64;
+                let base = (done + at) * ps;
+                f.read_exact_at(&mut buf[base..base + k * ps], off)?;
+                at += k;
+            }
+            for i in 0..here {
+                let idx = index + i as u64;
+                let id = seg as u64 * self.pps + idx;
+                let o = (done + i) * ps;
+                let p = &mut buf[o..o + ps];
+                if !page::v2_page_lsn(p).is_some_and(|l| l > self.since) {
+                    continue;
+                }
+                let Some(lsn) = settle(&f, idx * ps as u64, p, id, self.since)? else {
+                    continue;
+                };
+                out.found.push((lsn, id));
+                out.ids.push((id, (first + done + i) * ps));
+            }
+            done += here;
+            seg += 1;
+            index = 0;
+        }
+        Ok(out)
+    }
+}
+
 /// Pass 2: the pages of `found` (sorted by LSN), batch by batch.
 #[allow(clippy::too_many_arguments)]
 fn send(
@@ -322,7 +443,7 @@ fn send(
     pps: u64,
     found: &[(u64, u64)],
     kept: &[u8],
-    kept_ids: &[u64],
+    kept_ids: &[(u64, usize)],
     since: u64,
     upto: u64,
     emit: &mut Emit<'_>,
@@ -343,8 +464,8 @@ fn send(
         srcs.clear();
         to_read.clear();
         for (j, &(_, id)) in batch.iter().enumerate() {
-            match kept_ids.binary_search(&id) {
-                Ok(slot) => srcs.push(Src::Kept(slot * ps)),
+            match kept_ids.binary_search_by_key(&id, |&(k, _)| k) {
+                Ok(slot) => srcs.push(Src::Kept(kept_ids[slot].1)),
                 Err(_) => {
                     srcs.push(Src::Skip);
                     to_read.push((id, j));
