@@ -14,7 +14,7 @@
 //! * pass 1 reads the segments in [`CHUNK_BYTES`] reads and keeps
 //!   (lsn, page id) pairs, 16 bytes a page. The first [`KEEP_PAGES_BYTES`]
 //!   of pages land directly in the kept buffer (no copy), read by one
-//!   thread per core (at most [`MAX_WORKERS`]), each its contiguous share,
+//!   thread per core (at most `MAX_WORKERS`), each its contiguous share,
 //!   and those pages have their CRC checked there, once: the kernel's
 //!   zeroing of that fresh memory, the copies and the CRCs run in parallel.
 //!   The pages past it are read sequentially, and only their LSN is kept;
