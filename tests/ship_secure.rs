@@ -123,21 +123,7 @@ fn tls_sink_with_client_certificate_and_token_applies_what_the_plain_path_applie
 
     let tls_db = work.path().join("tls");
     let mut ship = base.clone();
-    ship.extend(
-        [
-            "--tls-ca",
-            &pki.p("ca.pem"),
-            "--tls-domain",
-            "localhost",
-            "--tls-cert",
-            &pki.p("client.pem"),
-            "--tls-key",
-            &pki.p("client.key"),
-            "--auth-token-file",
-            &pki.p("token"),
-        ]
-        .map(String::from),
-    );
+    ship.extend(pki.client_args());
     let log = ship_into_daemon(
         &tls_db,
         &pki.server_args(true),

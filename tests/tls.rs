@@ -543,25 +543,10 @@ fn qdb_recv_connects_with_a_client_certificate_and_a_token() {
     let out = work.path().join("stream");
     let wal = stream(CASE);
     let (port, server) = serve_once(&pki, true, Some(TOKEN), wal.clone());
-    let args: Vec<String> = [
-        "--connect",
-        &format!("127.0.0.1:{port}"),
-        "--tls",
-        "client",
-        "--tls-ca",
-        &pki.p("ca.pem"),
-        "--tls-domain",
-        "localhost",
-        "--tls-cert",
-        &pki.p("client.pem"),
-        "--tls-key",
-        &pki.p("client.key"),
-        "--auth-token-file",
-        &pki.p("token"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = ["--connect", &format!("127.0.0.1:{port}"), "--tls", "client"]
+        .map(String::from)
+        .to_vec();
+    args.extend(pki.client_args());
     let mut recv = Proc::spawn("qdb-recv", &args, Some(&out));
     server.join().unwrap().unwrap();
     let end = Instant::now() + Duration::from_secs(20);

@@ -139,6 +139,24 @@ impl Pki {
         .unwrap()
     }
 
+    /// The connecting side's flags for [`Pki::server_args`]`(true)`: our CA and
+    /// name, the client certificate and the token (without `--tls client`,
+    /// which qdb-ship's `--sink tls://` implies).
+    pub fn client_args(&self) -> Vec<String> {
+        vec![
+            "--tls-ca".into(),
+            self.p("ca.pem"),
+            "--tls-domain".into(),
+            "localhost".into(),
+            "--tls-cert".into(),
+            self.p("client.pem"),
+            "--tls-key".into(),
+            self.p("client.key"),
+            "--auth-token-file".into(),
+            self.p("token"),
+        ]
+    }
+
     /// `--tls server` with mutual TLS and the token.
     pub fn server_args(&self, token: bool) -> Vec<String> {
         let mut v = vec![
