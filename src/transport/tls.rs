@@ -255,6 +255,22 @@ impl rustls::server::ResolvesServerCert for SingleCert {
     }
 }
 
+/// The material in use, swapped whole on SIGHUP: connections take a clone
+/// of the `Arc`, so a reload never disturbs a handshake under way. A
+/// poisoned lock still holds a complete config, so it is used as is.
+#[derive(Debug)]
+struct Current<T>(RwLock<Arc<T>>);
+
+impl<T> Current<T> {
+    fn get(&self) -> Arc<T> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, value: Arc<T>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = value;
+    }
+}
+
 /// The server side's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTlsFiles {
@@ -270,7 +286,7 @@ pub struct ServerTlsFiles {
 #[derive(Debug)]
 pub struct ServerTls {
     files: ServerTlsFiles,
-    current: RwLock<Arc<ServerConfig>>,
+    current: Current<ServerConfig>,
 }
 
 impl ServerTls {
@@ -279,7 +295,7 @@ impl ServerTls {
         let config = Self::build(&files)?;
         Ok(ServerTls {
             files,
-            current: RwLock::new(config),
+            current: Current(RwLock::new(config)),
         })
     }
 
@@ -323,15 +339,12 @@ impl ServerTls {
     /// Re-read every file. On error the current material stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
         let config = Self::build(&self.files)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        self.current.set(config);
         Ok(())
     }
 
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.get()
     }
 
     /// Run the server handshake on an accepted socket, within `timeout`.
@@ -398,7 +411,7 @@ pub struct ClientTlsFiles {
 pub struct ClientTls {
     files: ClientTlsFiles,
     name: ServerName<'static>,
-    current: RwLock<Arc<ClientConfig>>,
+    current: Current<ClientConfig>,
 }
 
 impl ClientTls {
@@ -409,7 +422,7 @@ impl ClientTls {
         Ok(ClientTls {
             files,
             name,
-            current: RwLock::new(config),
+            current: Current(RwLock::new(config)),
         })
     }
 
@@ -450,15 +463,12 @@ impl ClientTls {
     /// Re-read every file. On error the current material stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
         let config = Self::build(&self.files)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        self.current.set(config);
         Ok(())
     }
 
     pub fn config(&self) -> Arc<ClientConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.get()
     }
 
     /// Run the client handshake on a connected socket, within `deadline`.
