@@ -39,49 +39,10 @@ fn cli_sessions_shipped_by_qdb_ship_follow_zstd_end_equal() {
     let d = tempfile::tempdir().unwrap();
     let (l, f) = (d.path().join("leader"), d.path().join("follower"));
     p.db_init(&l, 64);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut daemon = LoggedChild::spawn(
-        "quiverdb-follower",
-        &[
-            "--path",
-            s(&f),
-            "--listen",
-            &addr,
-            "--buckets",
-            "64",
-            "--decompress",
-            "zstd",
-        ],
-        &[],
-    );
-    daemon.wait_log("listening on", WAIT);
-    let sink = format!("tcp://{addr}");
-    let mut ship = LoggedChild::spawn(
-        "qdb-ship",
-        &[
-            "--path",
-            s(&l),
-            "--follow",
-            "--compress",
-            "zstd",
-            "--sink",
-            &sink,
-        ],
-        &[("RUST_LOG", "info")],
-    );
+    let (mut daemon, mut ship) = follow_with_qdb_ship(&l, &f, "info");
     p.sessions(&l, 200, 1);
     let want = p.last_lsn(&l);
-    wait_for(
-        "the follower's complete LSN to reach the leader's last_lsn",
-        WAIT,
-        || format!("qdb-ship:\n{}\ndaemon:\n{}", ship.stderr(), daemon.stderr()),
-        || ckpt(&f) == want,
-    );
-    assert!(ship.running(), "qdb-ship ended: {}", ship.stderr());
-    ship.signal(libc::SIGTERM);
-    assert!(ship.wait_exit(WAIT).success(), "{}", ship.stderr());
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.stderr());
+    settle_and_stop(&f, want, &mut daemon, &mut ship);
     // Whether a writer's truncation outran the 2 ms tail (then a catch-up
     // healed it) depends on timing; both paths must end equal.
     eprintln!("catch-ups: {}", ship.count("catch-up since"));
@@ -111,36 +72,7 @@ fn long_lived_writer_with_wal_rotations_shipped_by_qdb_ship_ends_equal() {
     };
     let (l, f) = (d.path().join("leader"), d.path().join("follower"));
     p.db_init(&l, 64);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut daemon = LoggedChild::spawn(
-        "quiverdb-follower",
-        &[
-            "--path",
-            s(&f),
-            "--listen",
-            &addr,
-            "--buckets",
-            "64",
-            "--decompress",
-            "zstd",
-        ],
-        &[],
-    );
-    daemon.wait_log("listening on", WAIT);
-    let sink = format!("tcp://{addr}");
-    let mut ship = LoggedChild::spawn(
-        "qdb-ship",
-        &[
-            "--path",
-            s(&l),
-            "--follow",
-            "--compress",
-            "zstd",
-            "--sink",
-            &sink,
-        ],
-        &[("RUST_LOG", "quiverdb_follower::leader=debug")],
-    );
+    let (mut daemon, mut ship) = follow_with_qdb_ship(&l, &f, "quiverdb_follower::leader=debug");
     let started = Instant::now();
     // The default P1_DATA_FSYNC=1: with it the WAL is truncated at 8 MiB.
     let o = Command::new(&writer)
@@ -165,17 +97,7 @@ fn long_lived_writer_with_wal_rotations_shipped_by_qdb_ship_ends_equal() {
         rotations >= 3,
         "the writer rotated its WAL {rotations} times"
     );
-    wait_for(
-        "the follower's complete LSN to reach the leader's last_lsn",
-        WAIT,
-        || format!("qdb-ship:\n{}\ndaemon:\n{}", ship.stderr(), daemon.stderr()),
-        || ckpt(&f) == want,
-    );
-    assert!(ship.running(), "qdb-ship ended: {}", ship.stderr());
-    ship.signal(libc::SIGTERM);
-    assert!(ship.wait_exit(WAIT).success(), "{}", ship.stderr());
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.stderr());
+    settle_and_stop(&f, want, &mut daemon, &mut ship);
     // Every rotation while it ran (plus the writer's own open) was seen.
     let seen = ship.count("WAL truncated or rewritten");
     eprintln!(
@@ -573,4 +495,57 @@ fn a_sink_that_cannot_be_opened_is_named_as_written() {
     let file = format!("file://{}/f/stream.wal", s(d.path()));
     let o = run("qdb-ship", &["--path", s(&l), "--sink", &file], b"");
     assert_one_line_error(&o, 1, &format!("error: cannot open sink {file}: "));
+}
+
+/// Our daemon on 127.0.0.1 (zstd, 64 buckets) writing follower `f`, fed by
+/// `qdb-ship --follow --compress zstd` on leader `l`; `log` is qdb-ship's
+/// RUST_LOG.
+fn follow_with_qdb_ship(l: &Path, f: &Path, log: &str) -> (LoggedChild, LoggedChild) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let daemon = LoggedChild::spawn(
+        "quiverdb-follower",
+        &[
+            "--path",
+            s(f),
+            "--listen",
+            &addr,
+            "--buckets",
+            "64",
+            "--decompress",
+            "zstd",
+        ],
+        &[],
+    );
+    daemon.wait_log("listening on", WAIT);
+    let sink = format!("tcp://{addr}");
+    let ship = LoggedChild::spawn(
+        "qdb-ship",
+        &[
+            "--path",
+            s(l),
+            "--follow",
+            "--compress",
+            "zstd",
+            "--sink",
+            &sink,
+        ],
+        &[("RUST_LOG", log)],
+    );
+    (daemon, ship)
+}
+
+/// Wait until the follower's complete LSN is `want`, then stop qdb-ship
+/// (still running: it never gave up) and the daemon, both cleanly.
+fn settle_and_stop(f: &Path, want: u64, daemon: &mut LoggedChild, ship: &mut LoggedChild) {
+    wait_for(
+        "the follower's complete LSN to reach the leader's last_lsn",
+        WAIT,
+        || format!("qdb-ship:\n{}\ndaemon:\n{}", ship.stderr(), daemon.stderr()),
+        || ckpt(f) == want,
+    );
+    assert!(ship.running(), "qdb-ship ended: {}", ship.stderr());
+    ship.signal(libc::SIGTERM);
+    assert!(ship.wait_exit(WAIT).success(), "{}", ship.stderr());
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.stderr());
 }
