@@ -109,7 +109,7 @@ pub fn serve(
         session: SessionOptions::default(),
         on_refused: hook,
     });
-    watch_hangup(&opts.link, hangup, stop.clone());
+    crate::transport::serve::watch_hangup(hangup, stop.clone(), &opts.link);
     if let Some(m) = &metrics {
         m.set_healthy(true);
     }
@@ -208,24 +208,4 @@ fn stream_to(mut conn: Conn, peer: &str, opts: &ServeOptions, stop: &AtomicBool)
     // close_notify, then wait for the client to close: the end of the
     // stream must not be lost to a reset.
     let _ = conn.close();
-}
-
-/// SIGHUP (which would otherwise kill the process): re-read the server
-/// certificate and key; running streams keep their connections.
-fn watch_hangup(link: &Link, hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
-    let tls = link.server.clone();
-    let spawned = thread::Builder::new().name("sighup".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            if hangup.swap(false, Ordering::Relaxed) {
-                match &tls {
-                    Some(tls) => handshake::reload_server(tls),
-                    None => log::info!("SIGHUP: nothing to reload without --tls server"),
-                }
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    });
-    if let Err(e) = spawned {
-        log::warn!("cannot watch for SIGHUP: {e}");
-    }
 }

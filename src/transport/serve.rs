@@ -161,7 +161,7 @@ pub fn serve<E: From<NetError>>(
 /// SIGHUP (which would otherwise kill the process): re-read certificates
 /// and keys. A running session keeps its connection; the next handshake
 /// uses the new files. On an error the previous files stay in use.
-fn watch_hangup(hangup: Arc<AtomicBool>, shutdown: Arc<AtomicBool>, link: &Link) {
+pub(crate) fn watch_hangup(hangup: Arc<AtomicBool>, shutdown: Arc<AtomicBool>, link: &Link) {
     let server = link.server.clone();
     let client = link.client.clone();
     let spawned = thread::Builder::new().name("sighup".into()).spawn(move || {
