@@ -10,34 +10,40 @@
 //! after page LSN x leaves a follower complete up to min(x, upto).
 //!
 //! Cost, about one sequential read of the segments (`scripts/bench-ship`
-//! compares it with `cat`):
-//! * pass 1 keeps (lsn, page id) pairs, 16 bytes a page. The first
-//!   [`KEEP_PAGES_BYTES`] of pages are read straight into the kept buffer
-//!   (no copy) by one reader per core (at most `MAX_WORKERS`). The readers
-//!   take the buffer a huge page at a time, so the kernel zeroes each unit
-//!   on the core that then fills it, while it is in that core's cache, and
-//!   the readers finish together; each 256 KiB piece is CRC checked, and
-//!   its record headers built, right after its read, while it is still in
-//!   L2. The pages past the buffer are read sequentially in
-//!   [`CHUNK_BYTES`] reads, and only their LSN is kept;
-//! * pass 2 sorts the pairs by LSN and sends them in batches of
-//!   [`BATCH_BYTES`]: kept pages straight from memory, the others read again
-//!   with one `pread` per run of adjacent pages (sorted by offset), CRC
-//!   checked, and sent only if their LSN is unchanged;
+//! compares it with `cat`), on all cores:
+//! * pass 1 keeps (lsn, page id) pairs, 16 bytes a page, for the whole
+//!   pages of each segment when the scan starts (pages past them are newer
+//!   than `upto`). The first [`KEEP_PAGES_BYTES`] of pages are read straight
+//!   into the kept buffer (no copy) by one reader per core (at most
+//!   `MAX_WORKERS`). The readers take the buffer a huge page at a time, so
+//!   the kernel zeroes each unit on the core that then fills it, while it
+//!   is in that core's cache, and the readers finish together; each
+//!   256 KiB piece is CRC checked, and its record headers built, right
+//!   after its read, while it is still in L2. The pages past the buffer are
+//!   read by the same readers, [`CHUNK_BYTES`] at a time through a small
+//!   buffer each, and only their LSN is kept. Each reader sorts its pairs;
+//!   one merge orders them all;
+//! * pass 2 sends the pairs in batches of [`BATCH_BYTES`]: kept pages
+//!   straight from memory; the others are read again by the readers, each
+//!   its share of the batch in offset order with one `pread` per run of
+//!   adjacent pages, while the batch before is being sent; they are CRC
+//!   checked and sent only if their LSN is unchanged;
 //! * each batch goes to the sink as one vectored write of (header, page)
 //!   slices: no page is copied on our side, and the record CRC is derived
 //!   from the verified page CRC ([`RecordCrc`]) instead of hashing the page
 //!   a second time.
 //!
-//! Memory stays bounded whatever the size of the DB: 16 bytes a page found,
-//! plus at most `KEEP_PAGES_BYTES + CHUNK_BYTES + BATCH_BYTES` of page bytes
-//! and a 28-byte record header for each kept or re-read page.
+//! Memory stays bounded whatever the size of the DB: 16 bytes a page found
+//! (twice while the runs are merged), plus at most `KEEP_PAGES_BYTES +
+//! 2 * BATCH_BYTES` of page bytes, a 28-byte record header for each of
+//! those pages, and a 256 KiB buffer a reader.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Seek};
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::format::layout::{
@@ -49,7 +55,7 @@ use crate::format::wal::record_header;
 
 /// Page bytes kept from pass 1 (so small and medium catch-ups read once).
 pub const KEEP_PAGES_BYTES: usize = 64 << 20;
-/// Pass 1 read size: large sequential reads, as `cat` does.
+/// Pass 1 hands out the pages past the kept buffer in units this large.
 pub const CHUNK_BYTES: usize = 4 << 20;
 /// Pass 2 batch: the page bytes sent by one vectored write.
 pub const BATCH_BYTES: usize = 8 << 20;
@@ -181,27 +187,13 @@ fn settle(f: &File, off: u64, p: &mut [u8], id: u64, since: u64) -> io::Result<O
     Ok(page::v2_page_lsn(p).filter(|&l| l > since))
 }
 
-/// Fill `buf` from `f` (sequential reads); fewer bytes only at EOF.
-fn fill(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 /// Where pass 2 takes a page of the current batch from.
 #[derive(Clone, Copy)]
 enum Src {
     /// Kept page k.
     Kept(usize),
-    /// Page r of the batch's read buffer.
-    Read(usize),
+    /// Page r of reader w's share of the batch's re-reads.
+    Read(usize, usize),
     Skip,
 }
 
@@ -231,14 +223,14 @@ fn scan_kept(
 ) -> io::Result<CatchUp> {
     let ps = page_size as usize;
     let pps = pages_per_segment(page_size);
-    let keep_pages = keep_bytes / ps;
     // The whole pages of each segment now. Segments only grow, and every
     // page up to `upto` was written before the caller read it: the pages
-    // past these sizes are newer, read below only as a bonus.
+    // past these sizes (a segment being grown, a new segment) are newer,
+    // and come with the WAL tail or the next catch-up.
     let mut sizes: Vec<u64> = Vec::new();
     let mut first: Vec<usize> = Vec::new();
     let mut total = 0usize;
-    while total < keep_pages {
+    loop {
         let path = root.join(segment_file_name(sizes.len() as u64 + 1));
         match std::fs::metadata(&path) {
             Ok(m) => {
@@ -252,118 +244,128 @@ fn scan_kept(
         }
     }
     let rc = RecordCrc::new(ps);
-    let mut kept = Kept::new(
-        Layout {
-            ps,
-            pps,
-            sizes,
-            first,
-        },
-        total.min(keep_pages),
-    );
-    let mut found = kept.read(root, since, &rc)?;
-    let kept_found = found.len();
-    // Pass 1b: past the budget (or past the sizes seen: a growing segment,
-    // new segments), sequential reads; those pages are read again in
-    // pass 2.
-    let mut covered = kept.len as u64;
-    let mut seg_no = 1u64;
-    let chunk_pages = (CHUNK_BYTES / ps).max(1);
-    let mut chunk: Vec<u8> = Vec::new();
-    loop {
-        let path = root.join(segment_file_name(seg_no));
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-            Err(e) => return Err(e),
-        };
-        // Where pass 1a stopped in this segment (its size then).
-        let seen = kept
-            .layout
-            .sizes
-            .get(seg_no as usize - 1)
-            .map_or(0, |&w| w.min(covered));
-        covered -= seen;
-        let mut index = seen;
-        if index > 0 {
-            f.seek(io::SeekFrom::Start(index * ps as u64))?;
-        }
-        while index < pps {
-            let want = chunk_pages.min((pps - index) as usize);
-            if chunk.is_empty() {
-                chunk = vec![0u8; chunk_pages * ps];
-            }
-            let buf = &mut chunk[..want * ps];
-            let got = fill(&mut f, buf)?;
-            // Whole pages only; a short tail (a segment being grown) ends it.
-            let whole = got / ps;
-            for i in 0..whole {
-                let p = &buf[i * ps..(i + 1) * ps];
-                // Checked when pass 2 reads it again.
-                if let Some(lsn) = page::v2_page_lsn(p).filter(|&l| l > since) {
-                    found.push((lsn, (seg_no - 1) * pps + index + i as u64));
-                }
-            }
-            index += whole as u64;
-            if got < want * ps {
-                break;
-            }
-        }
-        seg_no += 1;
-    }
-    drop(chunk);
-    // Sorted already unless pass 1b found pages (in place: no scratch
-    // memory the size of a large DB's list).
-    if found.len() > kept_found {
-        found.sort_unstable();
-    }
+    let layout = Layout {
+        ps,
+        pps,
+        sizes,
+        first,
+    };
+    let mut kept = Kept::new(layout, total.min(keep_bytes / ps));
+    let mut runs = kept.read(root, since, &rc)?;
+    runs.extend(read_lsns(root, &kept.layout, kept.len..total, since)?);
+    let found = merge(runs);
     send(root, &kept, &rc, &found, since, upto, emit)
 }
 
-/// At most this many pass-1a readers.
+/// At most this many readers.
 const MAX_WORKERS: usize = 4;
 /// Pass 1a hands out the kept buffer in units of one huge page: the reader
 /// that faults a unit in (the kernel zeroes it then) fills it while it is
 /// still in that core's cache, and the readers finish together.
 const UNIT_BYTES: usize = if cfg!(test) { 16 << 10 } else { 2 << 20 };
-/// Pass 1a reads a unit in pieces this large and checks a piece's pages
-/// right after its read, while they are in L2, not after the whole unit.
+/// Readers read in pieces this large and look at a piece's pages right
+/// after its read, while they are in L2.
 const PIECE_BYTES: usize = if cfg!(test) { 8 << 10 } else { 256 << 10 };
 /// Alignment of the kept buffer: a transparent huge page.
 const HUGE_BYTES: usize = 2 << 20;
+/// Pass 2 gives each reader at least this many of a batch's re-reads.
+const MIN_SHARED_REREAD: usize = if cfg!(test) { 4 } else { 64 };
 
-/// Where the kept pages come from.
+/// Readers for the passes: one per core (tests use three whatever the
+/// machine), at most `MAX_WORKERS`.
+fn readers() -> usize {
+    let cores = if cfg!(test) {
+        3
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    cores.min(MAX_WORKERS)
+}
+
+/// Run `job` on `n` threads, this one included, and gather what each
+/// returns: the jobs share their work through what they capture.
+fn on_readers<T: Send>(n: usize, job: impl Fn() -> io::Result<T> + Sync) -> io::Result<Vec<T>> {
+    let job = &job;
+    let parts: Vec<io::Result<T>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..n.max(1)).map(|_| s.spawn(job)).collect();
+        let mine = job();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a catch-up reader panicked"))
+            .chain(std::iter::once(mine))
+            .collect()
+    });
+    parts.into_iter().collect()
+}
+
+/// Looks at a piece just read: (its offset in the caller's buffer, in
+/// pages; its segment file; its first page id; its pages).
+type Look<'a> = dyn FnMut(usize, &File, u64, &mut [u8]) -> io::Result<()> + 'a;
+
+/// Where the pages come from: every whole page of the segments when the
+/// scan started, numbered from 0 in (segment, index) order.
 struct Layout {
     ps: usize,
     pps: u64,
     /// Whole pages of each segment (from segment 1) when the scan started.
     sizes: Vec<u64>,
-    /// Kept index of each segment's first page.
+    /// Number of each segment's first page.
     first: Vec<usize>,
 }
 
 impl Layout {
-    /// (segment index from 0, page index in it) of kept page `k`.
+    /// (segment index from 0, page index in it) of page number `k`.
     fn locate(&self, k: usize) -> (usize, u64) {
         // The last segment starting at or before k: empty segments start
         // where the next one does, so this is the one holding k.
         let seg = self.first.partition_point(|&f| f <= k) - 1;
         let idx = (k - self.first[seg]) as u64;
         // A reader would otherwise spin on an empty read.
-        assert!(idx < self.sizes[seg], "kept page {k} outside the segments");
+        assert!(idx < self.sizes[seg], "page {k} outside the segments");
         (seg, idx)
+    }
+
+    /// Read the pages numbered from `k0` into `buf` (as many as it holds),
+    /// at most `PIECE_BYTES` of one segment at a time, and hand each piece
+    /// to `look`; `open` keeps the reader's segment file open.
+    fn read_pieces(
+        &self,
+        root: &Path,
+        open: &mut Option<(usize, File)>,
+        k0: usize,
+        buf: &mut [u8],
+        look: &mut Look<'_>,
+    ) -> io::Result<()> {
+        let ps = self.ps;
+        let n = buf.len() / ps;
+        let piece = (PIECE_BYTES / ps).max(1);
+        let mut k = 0;
+        while k < n {
+            let (seg, idx) = self.locate(k0 + k);
+            let here = ((self.sizes[seg] - idx) as usize).min(n - k).min(piece);
+            if open.as_ref().map(|(s, _)| *s) != Some(seg) {
+                let path = root.join(segment_file_name(seg as u64 + 1));
+                *open = Some((seg, File::open(path)?));
+            }
+            let f = &open.as_ref().expect("opened above").1;
+            let bytes = &mut buf[k * ps..(k + here) * ps];
+            f.read_exact_at(bytes, idx * ps as u64)?;
+            look(k, f, seg as u64 * self.pps + idx, bytes)?;
+            k += here;
+        }
+        Ok(())
     }
 }
 
-/// Pass 1a's pages: the first `len` pages in (segment, index) order, read
-/// once, with the record header of each page that will be sent.
+/// Pass 1a's pages: the first `len` pages, read once, with the record
+/// header of each page that will be sent.
 struct Kept {
     layout: Layout,
     len: usize,
     /// Page k is at `mem[at + k * ps..]`; `at` aligns it to a huge page.
     mem: Vec<u8>,
     at: usize,
-    /// Record header of kept page k (set for the pages in `found` only).
+    /// Record header of kept page k (set for the pages to send only).
     headers: Vec<[u8; WAL_RECORD_HEADER_LEN]>,
 }
 
@@ -416,18 +418,23 @@ impl Kept {
         &self.mem[self.at + k * ps..self.at + (k + 1) * ps]
     }
 
-    /// Pass 1a: read every kept page, by one reader per core (at most
-    /// `MAX_WORKERS`) taking the next unit until none is left, and check
-    /// each page once, right after its read: the kernel's zeroing, the
-    /// copies, the CRCs and the record headers run on all cores. The
-    /// (lsn, id) of the pages to send, in no particular order.
-    fn read(&mut self, root: &Path, since: u64, rc: &RecordCrc) -> io::Result<Vec<(u64, u64)>> {
+    /// Pass 1a: read every kept page, each reader taking the next unit
+    /// until none is left, and check each page once, right after its read:
+    /// the kernel's zeroing, the copies, the CRCs and the record headers
+    /// run on all cores. The (lsn, id) of the pages to send, as one sorted
+    /// run per reader.
+    fn read(
+        &mut self,
+        root: &Path,
+        since: u64,
+        rc: &RecordCrc,
+    ) -> io::Result<Vec<Vec<(u64, u64)>>> {
         if self.len == 0 {
             return Ok(Vec::new());
         }
         let layout = &self.layout;
         let ps = layout.ps;
-        let unit = unit_pages(ps);
+        let unit = (UNIT_BYTES / ps).max(1);
         let pages = &mut self.mem[self.at..self.at + self.len * ps];
         let units = Mutex::new(
             pages
@@ -435,18 +442,11 @@ impl Kept {
                 .zip(self.headers.chunks_mut(unit))
                 .enumerate(),
         );
-        // Tests use three readers whatever the machine.
-        let cores = if cfg!(test) {
-            3
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        };
-        let workers = cores.min(MAX_WORKERS).min(self.len.div_ceil(unit));
-        let units = &units;
+        let workers = readers().min(self.len.div_ceil(unit));
         let share = self.len / workers + unit;
-        let reader = move || -> io::Result<Vec<(u64, u64)>> {
+        on_readers(workers, || {
             let mut found = Vec::with_capacity(share);
-            let mut open: Option<(usize, File)> = None;
+            let mut open = None;
             loop {
                 let next = units.lock().unwrap_or_else(PoisonError::into_inner).next();
                 let Some((u, (buf, headers))) = next else {
@@ -454,40 +454,82 @@ impl Kept {
                     found.sort_unstable();
                     return Ok(found);
                 };
-                let mut r = Unit {
-                    root,
-                    layout,
-                    since,
-                    rc,
-                    open: &mut open,
-                    found: &mut found,
-                };
-                r.read(u * unit, buf, headers)?;
+                layout.read_pieces(root, &mut open, u * unit, buf, &mut |k, f, id, pages| {
+                    for (i, p) in pages.chunks_exact_mut(ps).enumerate() {
+                        if !page::v2_page_lsn(p).is_some_and(|lsn| lsn > since) {
+                            continue;
+                        }
+                        let id = id + i as u64;
+                        let off = (id % layout.pps) * ps as u64;
+                        let Some(lsn) = settle(f, off, p, id, since)? else {
+                            continue;
+                        };
+                        found.push((lsn, id));
+                        headers[k + i] = rc.header(lsn, id, p);
+                    }
+                    Ok(())
+                })?;
             }
-        };
-        let parts: Vec<io::Result<Vec<(u64, u64)>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (1..workers).map(|_| s.spawn(reader)).collect();
-            // This thread is a reader too.
-            let mine = reader();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a pass-1 reader panicked"))
-                .chain(std::iter::once(mine))
-                .collect()
-        });
-        let parts = parts.into_iter().collect::<io::Result<Vec<_>>>()?;
-        Ok(merge(parts))
+        })
     }
 }
 
-/// Merge sorted runs (one per reader, so a handful) into one sorted run,
-/// in linear time: the serial part of pass 1 stays short.
-fn merge(parts: Vec<Vec<(u64, u64)>>) -> Vec<(u64, u64)> {
-    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<(u64, u64)>>> = parts
-        .into_iter()
-        .map(|p| p.into_iter().peekable())
-        .collect();
+/// Pass 1b: the (lsn, id) of pages `pages` above `since`, read on all
+/// cores through small buffers that stay in cache; their CRC is checked
+/// when pass 2 reads them again. One sorted run per reader.
+fn read_lsns(
+    root: &Path,
+    layout: &Layout,
+    pages: std::ops::Range<usize>,
+    since: u64,
+) -> io::Result<Vec<Vec<(u64, u64)>>> {
+    if pages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ps = layout.ps;
+    let unit = (CHUNK_BYTES / ps).max(1);
+    let next = AtomicUsize::new(pages.start);
+    let workers = readers().min(pages.len().div_ceil(unit));
+    on_readers(workers, || {
+        let mut found = Vec::new();
+        let mut open = None;
+        let mut buf = vec![0u8; (PIECE_BYTES / ps).max(1) * ps];
+        loop {
+            let k0 = next.fetch_add(unit, Ordering::Relaxed);
+            if k0 >= pages.end {
+                found.sort_unstable();
+                return Ok(found);
+            }
+            let mut k = k0;
+            let end = (k0 + unit).min(pages.end);
+            while k < end {
+                let n = (buf.len() / ps).min(end - k);
+                layout.read_pieces(
+                    root,
+                    &mut open,
+                    k,
+                    &mut buf[..n * ps],
+                    &mut |_, _, id, p| {
+                        for (i, p) in p.chunks_exact(ps).enumerate() {
+                            if let Some(lsn) = page::v2_page_lsn(p).filter(|&l| l > since) {
+                                found.push((lsn, id + i as u64));
+                            }
+                        }
+                        Ok(())
+                    },
+                )?;
+                k += n;
+            }
+        }
+    })
+}
+
+/// Merge sorted runs (a handful: one per reader and pass) into one sorted
+/// run, in linear time: the serial part between the passes stays short.
+fn merge(runs: Vec<Vec<(u64, u64)>>) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(runs.iter().map(Vec::len).sum());
+    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<(u64, u64)>>> =
+        runs.into_iter().map(|r| r.into_iter().peekable()).collect();
     loop {
         let next = heads
             .iter_mut()
@@ -501,66 +543,68 @@ fn merge(parts: Vec<Vec<(u64, u64)>>) -> Vec<(u64, u64)> {
     }
 }
 
-/// Pages in a pass-1a unit.
-fn unit_pages(ps: usize) -> usize {
-    (UNIT_BYTES / ps).max(1)
+/// A share of one batch's re-reads in pass 2, owned by whoever works on
+/// it: a reader thread fills it, the sending thread sends from it, and it
+/// goes back to a reader for a later batch.
+#[derive(Default)]
+struct Reread {
+    /// (page id, LSN seen by pass 1, place in the batch), sorted by id.
+    pages: Vec<(u64, u64, usize)>,
+    /// Slot r holds page r.
+    buf: Vec<u8>,
+    headers: Vec<[u8; WAL_RECORD_HEADER_LEN]>,
+    /// Whether slot r holds its page with the LSN pass 1 saw.
+    ok: Vec<bool>,
+    err: Option<io::Error>,
 }
 
-/// One pass-1a reader's state while it reads a unit.
-struct Unit<'a> {
-    root: &'a Path,
-    layout: &'a Layout,
-    since: u64,
-    rc: &'a RecordCrc,
-    /// The segment file this reader has open.
-    open: &'a mut Option<(usize, File)>,
-    found: &'a mut Vec<(u64, u64)>,
-}
-
-impl Unit<'_> {
-    /// Read kept pages `k0..` into `buf` (one unit), piece by piece, and
-    /// check each piece's pages while they are in cache.
-    fn read(
-        &mut self,
-        k0: usize,
-        buf: &mut [u8],
-        headers: &mut [[u8; WAL_RECORD_HEADER_LEN]],
-    ) -> io::Result<()> {
-        let l = self.layout;
+impl Reread {
+    /// One `pread` per run of adjacent pages; each page CRC checked and
+    /// kept only if its LSN is still the one pass 1 saw.
+    fn run(&mut self, root: &Path, l: &Layout, since: u64, rc: &RecordCrc) -> io::Result<()> {
         let ps = l.ps;
-        let piece = (PIECE_BYTES / ps).max(1);
+        let n = self.pages.len();
+        self.buf.resize(n * ps, 0);
+        self.headers.resize(n, [0; WAL_RECORD_HEADER_LEN]);
+        self.ok.clear();
+        self.ok.resize(n, false);
+        let mut open: Option<(u64, File)> = None;
         let mut k = 0;
-        while k < headers.len() {
-            let (seg, idx) = l.locate(k0 + k);
-            let here = ((l.sizes[seg] - idx) as usize)
-                .min(headers.len() - k)
-                .min(piece);
-            if self.open.as_ref().map(|(s, _)| *s) != Some(seg) {
-                let path = self.root.join(segment_file_name(seg as u64 + 1));
-                *self.open = Some((seg, File::open(path)?));
+        while k < n {
+            let (first, _, _) = self.pages[k];
+            let seg = first / l.pps + 1;
+            let mut run = 1;
+            while k + run < n
+                && self.pages[k + run].0 == first + run as u64
+                && self.pages[k + run].0 / l.pps + 1 == seg
+            {
+                run += 1;
             }
-            let f = &self.open.as_ref().expect("opened above").1;
-            let bytes = &mut buf[k * ps..(k + here) * ps];
-            f.read_exact_at(bytes, idx * ps as u64)?;
-            for (i, p) in bytes.chunks_exact_mut(ps).enumerate() {
-                if !page::v2_page_lsn(p).is_some_and(|lsn| lsn > self.since) {
-                    continue;
+            if open.as_ref().map(|(s, _)| *s) != Some(seg) {
+                open = Some((seg, File::open(root.join(segment_file_name(seg)))?));
+            }
+            let f = &open.as_ref().expect("opened above").1;
+            let off = (first % l.pps) * ps as u64;
+            f.read_exact_at(&mut self.buf[k * ps..(k + run) * ps], off)?;
+            for r in k..k + run {
+                let (id, lsn, _) = self.pages[r];
+                let p = &mut self.buf[r * ps..(r + 1) * ps];
+                let off = (id % l.pps) * ps as u64;
+                // Changed since pass 1: its new LSN is above `upto`.
+                self.ok[r] = settle(f, off, p, id, since)? == Some(lsn);
+                if self.ok[r] {
+                    self.headers[r] = rc.header(lsn, id, p);
                 }
-                let at = idx + i as u64;
-                let id = seg as u64 * l.pps + at;
-                let Some(lsn) = settle(f, at * ps as u64, p, id, self.since)? else {
-                    continue;
-                };
-                self.found.push((lsn, id));
-                headers[k + i] = self.rc.header(lsn, id, p);
             }
-            k += here;
+            k += run;
         }
         Ok(())
     }
 }
 
-/// Pass 2: the pages of `found` (sorted by LSN), batch by batch.
+/// Pass 2: the pages of `found` (sorted by LSN), batch by batch. The pages
+/// of a batch that pass 1a did not keep are read again by one reader per
+/// core, each its share of the batch, while the batch before is sent.
 fn send(
     root: &Path,
     kept: &Kept,
@@ -575,82 +619,104 @@ fn send(
         upto,
         ..CatchUp::default()
     };
-    let (ps, pps) = (kept.layout.ps, kept.layout.pps);
+    let l = &kept.layout;
+    let ps = l.ps;
     let batch_pages = (BATCH_BYTES / ps).max(1);
-    let mut read_buf: Vec<u8> = Vec::new();
-    let mut read_headers: Vec<[u8; WAL_RECORD_HEADER_LEN]> = Vec::new();
-    let mut open: Option<(u64, File)> = None;
-    let mut srcs: Vec<Src> = Vec::with_capacity(batch_pages);
-    let mut to_read: Vec<(u64, usize)> = Vec::new();
-    for batch in found.chunks(batch_pages) {
-        srcs.clear();
-        to_read.clear();
-        for (j, &(_, id)) in batch.iter().enumerate() {
-            match kept.index(id) {
-                Some(k) => srcs.push(Src::Kept(k)),
-                None => {
-                    srcs.push(Src::Skip);
-                    to_read.push((id, j));
-                }
-            }
-        }
-        if !to_read.is_empty() {
-            if read_buf.is_empty() {
-                read_buf = vec![0u8; batch_pages * ps];
-                read_headers = vec![[0; WAL_RECORD_HEADER_LEN]; batch_pages];
-            }
-            // In file order, one pread per run of adjacent pages.
-            to_read.sort_unstable();
-            let mut k = 0;
-            while k < to_read.len() {
-                let (first, _) = to_read[k];
-                let seg = first / pps + 1;
-                let mut run = 1;
-                while k + run < to_read.len()
-                    && to_read[k + run].0 == first + run as u64
-                    && to_read[k + run].0 / pps + 1 == seg
-                {
-                    run += 1;
-                }
-                if open.as_ref().map(|(s, _)| *s) != Some(seg) {
-                    open = Some((seg, File::open(root.join(segment_file_name(seg)))?));
-                }
-                let f = &open.as_ref().expect("opened above").1;
-                let off = (first % pps) * ps as u64;
-                f.read_exact_at(&mut read_buf[k * ps..(k + run) * ps], off)?;
-                for r in k..k + run {
-                    let (id, j) = to_read[r];
-                    let p = &mut read_buf[r * ps..(r + 1) * ps];
-                    let off = (id % pps) * ps as u64;
-                    let lsn = batch[j].0;
-                    // Changed since pass 1: its new LSN is above `upto`.
-                    if settle(f, off, p, id, since)? == Some(lsn) {
-                        srcs[j] = Src::Read(r);
-                        read_headers[r] = rc.header(lsn, id, p);
+    let batches: Vec<&[(u64, u64)]> = found.chunks(batch_pages).collect();
+    // Readers only if some page was not kept.
+    let workers = if found.iter().all(|&(_, id)| kept.index(id).is_some()) {
+        0
+    } else {
+        readers()
+    };
+    std::thread::scope(|s| {
+        let mut to_readers = Vec::new();
+        let mut from_readers = Vec::new();
+        for _ in 0..workers {
+            let (job_tx, job_rx) = mpsc::channel::<Reread>();
+            let (done_tx, done_rx) = mpsc::channel::<Reread>();
+            s.spawn(move || {
+                for mut job in job_rx {
+                    job.err = job.run(root, l, since, rc).err();
+                    if done_tx.send(job).is_err() {
+                        return;
                     }
                 }
-                k += run;
+            });
+            to_readers.push(job_tx);
+            from_readers.push(done_rx);
+        }
+        let mut pool: Vec<Reread> = Vec::new();
+        // Where each page of a batch comes from, and its reread shares.
+        let dispatch = |batch: &[(u64, u64)], pool: &mut Vec<Reread>| {
+            let mut srcs = Vec::with_capacity(batch.len());
+            let mut to_read = Vec::new();
+            for (j, &(lsn, id)) in batch.iter().enumerate() {
+                match kept.index(id) {
+                    Some(k) => srcs.push(Src::Kept(k)),
+                    None => {
+                        srcs.push(Src::Skip);
+                        to_read.push((id, lsn, j));
+                    }
+                }
             }
+            if to_read.is_empty() {
+                return (srcs, 0);
+            }
+            // In file order, so that adjacent pages are one read.
+            to_read.sort_unstable();
+            let shares = workers.min(to_read.len().div_ceil(MIN_SHARED_REREAD));
+            let share = to_read.len().div_ceil(shares);
+            for (w, part) in to_read.chunks(share).enumerate() {
+                let mut job = pool.pop().unwrap_or_default();
+                job.pages.clear();
+                job.pages.extend_from_slice(part);
+                for (r, &(_, _, j)) in part.iter().enumerate() {
+                    srcs[j] = Src::Read(w, r);
+                }
+                // A reader that is gone has panicked: the scope says so.
+                let _ = to_readers[w].send(job);
+            }
+            (srcs, to_read.len().div_ceil(share))
+        };
+        let mut next = batches.first().map(|b| dispatch(b, &mut pool));
+        for (b, batch) in batches.iter().enumerate() {
+            let (srcs, shares) = next.take().expect("dispatched before");
+            // The next batch is read while this one is sent.
+            next = batches.get(b + 1).map(|b| dispatch(b, &mut pool));
+            let mut done = Vec::with_capacity(shares);
+            for rx in &from_readers[..shares] {
+                match rx.recv() {
+                    Ok(job) => done.push(job),
+                    Err(_) => return Err(io::Error::other("a catch-up reader stopped")),
+                }
+            }
+            if let Some(e) = done.iter_mut().find_map(|j| j.err.take()) {
+                return Err(e);
+            }
+            let mut slices = Vec::with_capacity(batch.len() * 2);
+            for src in &srcs {
+                let (h, p) = match *src {
+                    Src::Kept(k) => (&kept.headers[k], kept.page(k)),
+                    Src::Read(w, r) if done[w].ok[r] => {
+                        (&done[w].headers[r], &done[w].buf[r * ps..(r + 1) * ps])
+                    }
+                    Src::Read(..) | Src::Skip => continue,
+                };
+                slices.push(IoSlice::new(h));
+                slices.push(IoSlice::new(p));
+            }
+            if !slices.is_empty() {
+                emit(&slices)?;
+                let n = slices.len() / 2;
+                out.pages += n as u64;
+                out.bytes += (n * (WAL_RECORD_HEADER_LEN + ps)) as u64;
+            }
+            drop(slices);
+            pool.extend(done);
         }
-        let mut slices = Vec::with_capacity(srcs.len() * 2);
-        for src in &srcs {
-            let (h, p) = match *src {
-                Src::Kept(k) => (&kept.headers[k], kept.page(k)),
-                Src::Read(r) => (&read_headers[r], &read_buf[r * ps..(r + 1) * ps]),
-                Src::Skip => continue,
-            };
-            slices.push(IoSlice::new(h));
-            slices.push(IoSlice::new(p));
-        }
-        if slices.is_empty() {
-            continue;
-        }
-        emit(&slices)?;
-        let n = slices.len() / 2;
-        out.pages += n as u64;
-        out.bytes += (n * (WAL_RECORD_HEADER_LEN + ps)) as u64;
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 #[cfg(test)]
@@ -796,6 +862,43 @@ mod tests {
             runs.push(got);
         }
         assert!(runs.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    /// A page rewritten while the scan runs (a new LSN, above `upto`) or
+    /// being written (its CRC fails) is left out of pass 2, not sent with
+    /// the LSN or bytes pass 1 saw; every other page is sent as it was.
+    #[test]
+    fn pages_that_change_during_pass_2_are_left_out() {
+        let d = tempfile::tempdir().unwrap();
+        // Three batches of re-reads (2,048 pages each), nothing kept.
+        let lsns: Vec<u64> = (0..5000u64).map(|i| i + 1).collect();
+        let pages = write_segment(d.path(), &lsns);
+        let (rewritten, torn) = (4500u64, 4600u64);
+        let mut got = Vec::new();
+        let mut calls = 0;
+        scan_kept(d.path(), 4096, 0, 5000, 0, &mut |b| {
+            calls += 1;
+            if calls == 1 {
+                // Batch 3 is read after batch 1 is sent.
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.path().join(segment_file_name(1)))
+                    .unwrap();
+                let newer = page::overflow_page(4096, rewritten, u64::MAX, 9000, b"newer");
+                f.write_all_at(&newer, rewritten * 4096).unwrap();
+                f.write_all_at(&[0xA5; 100], torn * 4096 + 1000).unwrap();
+            }
+            records(b, &mut got);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, 3);
+        let want: Vec<(u64, u64, Vec<u8>)> = (0..5000u64)
+            .filter(|&id| id != rewritten && id != torn)
+            .map(|id| (id + 1, id, pages[id as usize].clone()))
+            .collect();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "every other page as it was, in LSN order");
     }
 
     /// The derived record CRC equals a full hash for any page content and
