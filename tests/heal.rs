@@ -9,13 +9,15 @@
 //! `wal-ship --follow` feeding the followers are in `tests/heal_real.rs`.
 
 mod common;
+mod peer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use peer::Peer;
 use quiverdb_follower::format::page::v2_page_lsn;
 use quiverdb_follower::{
     promote, restore_dir, ApplyOptions, DbLock, Follower, Fs, Plain, PromoteOptions,
@@ -836,74 +838,21 @@ fn unlocked<T>(
 
 // ---- the real leader -----------------------------------------------------------------
 
-/// The QuiverDB 1.2.6 CLI, or `None` (skip) outside CI.
-fn peer() -> Option<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/build-quiverdb");
-    let out = Command::new(&script).stderr(Stdio::inherit()).output();
-    let bin = match out {
-        Ok(o) if o.status.success() => {
-            PathBuf::from(String::from_utf8(o.stdout).unwrap().trim()).join("quiverdb")
-        }
-        other => {
-            let why = format!(
-                "cannot build the QuiverDB peer with {}: {other:?}",
-                script.display()
-            );
-            if std::env::var_os("CI").is_some() {
-                panic!("{why} (CI is set, so this test must run)");
-            }
-            eprintln!("skipped: {why}");
-            return None;
-        }
-    };
-    Some(bin)
-}
-
-fn q(bin: &Path, args: &[&str]) -> Vec<u8> {
-    let o = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "quiverdb {args:?}: {:?}", o.status);
-    o.stdout
-}
-
-/// `db-scan --json`, in a canonical order (1.x prints it in hash-map order).
-fn scan(bin: &Path, db: &Path) -> Vec<String> {
-    let out = q(bin, &["db-scan", "--path", db.to_str().unwrap(), "--json"]);
-    let text = String::from_utf8(out).unwrap();
-    let mut rows: Vec<String> = text
-        .trim()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .split("},{")
-        .map(|s| s.trim_matches(|c| c == '{' || c == '}').to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    rows.sort();
-    rows
-}
-
 #[test]
 fn real_leader_backup_restore_promote() {
-    let Some(qdb) = peer() else { return };
+    let Some(p) = Peer::get() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let l = tmp.path().join("L");
     let ls = l.to_str().unwrap();
-    q(
-        &qdb,
-        &[
-            "db-init",
-            "--path",
-            ls,
-            "--page-size",
-            "4096",
-            "--buckets",
-            "64",
-        ],
-    );
+    p.run(&[
+        "db-init",
+        "--path",
+        ls,
+        "--page-size",
+        "4096",
+        "--buckets",
+        "64",
+    ]);
     let mut x = 7u64;
     let mut value = |i: u64| {
         x = x
@@ -919,21 +868,18 @@ fn real_leader_backup_restore_promote() {
             .collect::<String>()
     };
     let put = |k: u64, v: &str| {
-        q(
-            &qdb,
-            &[
-                "db-put",
-                "--path",
-                ls,
-                "--key",
-                &format!("k{k}"),
-                "--value",
-                v,
-            ],
-        );
+        p.run(&[
+            "db-put",
+            "--path",
+            ls,
+            "--key",
+            &format!("k{k}"),
+            "--value",
+            v,
+        ]);
     };
     let del = |k: u64| {
-        q(&qdb, &["db-del", "--path", ls, "--key", &format!("k{k}")]);
+        p.run(&["db-del", "--path", ls, "--key", &format!("k{k}")]);
     };
     for i in 0..40 {
         put(i, &value(i));
@@ -945,7 +891,10 @@ fn real_leader_backup_restore_promote() {
     // frames (each CLI session truncates the WAL), so it misses most pages.
     let f = tmp.path().join("F");
     let fs_ = f.to_str().unwrap();
-    let ship = |since: &str| q(&qdb, &["wal-ship", "--path", ls, "--since-lsn", since]);
+    let ship = |since: &str| {
+        p.run(&["wal-ship", "--path", ls, "--since-lsn", since])
+            .stdout
+    };
     let (code, _) = run(
         &["qdb-apply", "--path", fs_, "--buckets", "64"],
         Some(&ship("0")),
@@ -964,17 +913,14 @@ fn real_leader_backup_restore_promote() {
     );
     assert_eq!(code, 0);
     assert_ne!(
-        scan(&qdb, &l),
-        scan(&qdb, &f),
+        p.scan(&l),
+        p.scan(&f),
         "the follower should have lost frames"
     );
 
     // Full backup, restored from the folder into F and as tar | zstd into G.
     let bk = tmp.path().join("bk");
-    q(
-        &qdb,
-        &["backup", "--path", ls, "--out", bk.to_str().unwrap()],
-    );
+    p.run(&["backup", "--path", ls, "--out", bk.to_str().unwrap()]);
     let g = tmp.path().join("G");
     Command::new("cp")
         .args(["-a", fs_, g.to_str().unwrap()])
@@ -995,14 +941,8 @@ fn real_leader_backup_restore_promote() {
         Some(&zst),
     );
     assert_eq!((code, err.as_str()), (0, ""));
-    let leader_scan = scan(&qdb, &l);
     for db in [&f, &g] {
-        assert_eq!(scan(&qdb, db), leader_scan);
-        assert_eq!(common::segment_files(db), common::segment_files(&l));
-        assert_eq!(
-            std::fs::read(db.join("dir")).unwrap(),
-            std::fs::read(l.join("dir")).unwrap()
-        );
+        p.assert_equal(&l, db);
     }
 
     // More writes, a lossy ship, then an incremental backup from F's
@@ -1023,18 +963,15 @@ fn real_leader_backup_restore_promote() {
     );
     assert_eq!(code, 0);
     let bk2 = tmp.path().join("bk2");
-    q(
-        &qdb,
-        &[
-            "backup",
-            "--path",
-            ls,
-            "--out",
-            bk2.to_str().unwrap(),
-            "--since-lsn",
-            &complete.to_string(),
-        ],
-    );
+    p.run(&[
+        "backup",
+        "--path",
+        ls,
+        "--out",
+        bk2.to_str().unwrap(),
+        "--since-lsn",
+        &complete.to_string(),
+    ]);
     let (code, err) = run(
         &[
             "qdb-restore",
@@ -1046,12 +983,7 @@ fn real_leader_backup_restore_promote() {
         None,
     );
     assert_eq!((code, err.as_str()), (0, ""));
-    assert_eq!(scan(&qdb, &f), scan(&qdb, &l));
-    assert_eq!(common::segment_files(&f), common::segment_files(&l));
-    assert_eq!(
-        std::fs::read(f.join("dir")).unwrap(),
-        std::fs::read(l.join("dir")).unwrap()
-    );
+    p.assert_equal(&l, &f);
 
     // Failover.
     let (code, err) = run(&["qdb-promote", "--path", fs_], None);
@@ -1061,15 +993,13 @@ fn real_leader_backup_restore_promote() {
         free_ids(&std::fs::read(f.join("free")).unwrap()),
         leader_free
     );
-    q(&qdb, &["check", "--strict", "--path", fs_]);
-    q(
-        &qdb,
-        &[
-            "db-put", "--path", fs_, "--key", "after", "--value", "failover",
-        ],
-    );
-    let got = String::from_utf8(q(&qdb, &["db-get", "--path", fs_, "--key", "after"])).unwrap();
+    p.run(&["check", "--strict", "--path", fs_]);
+    p.run(&[
+        "db-put", "--path", fs_, "--key", "after", "--value", "failover",
+    ]);
+    let got =
+        String::from_utf8(p.run(&["db-get", "--path", fs_, "--key", "after"]).stdout).unwrap();
     assert!(got.contains("failover"), "{got}");
-    q(&qdb, &["db-del", "--path", fs_, "--key", "after"]);
-    q(&qdb, &["check", "--strict", "--path", fs_]);
+    p.run(&["db-del", "--path", fs_, "--key", "after"]);
+    p.run(&["check", "--strict", "--path", fs_]);
 }
