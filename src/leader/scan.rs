@@ -298,6 +298,20 @@ fn on_readers<T: Send>(n: usize, job: impl Fn() -> io::Result<T> + Sync) -> io::
     parts.into_iter().collect()
 }
 
+/// The segment file holding pages of segment `seg` (from 0), through
+/// `open`, which keeps the one its reader used last open.
+fn segment_file<'a>(
+    root: &Path,
+    open: &'a mut Option<(usize, File)>,
+    seg: usize,
+) -> io::Result<&'a File> {
+    if open.as_ref().map(|(s, _)| *s) != Some(seg) {
+        let path = root.join(segment_file_name(seg as u64 + 1));
+        *open = Some((seg, File::open(path)?));
+    }
+    Ok(&open.as_ref().expect("opened above").1)
+}
+
 /// Looks at a piece just read: (its offset in the caller's buffer, in
 /// pages; its segment file; its first page id; its pages).
 type Look<'a> = dyn FnMut(usize, &File, u64, &mut [u8]) -> io::Result<()> + 'a;
@@ -314,6 +328,13 @@ struct Layout {
 }
 
 impl Layout {
+    /// How many pages the segments had when the scan started.
+    fn pages(&self) -> usize {
+        self.first.last().map_or(0, |&f| {
+            f + *self.sizes.last().expect("as many as first") as usize
+        })
+    }
+
     /// (segment index from 0, page index in it) of page number `k`.
     fn locate(&self, k: usize) -> (usize, u64) {
         // The last segment starting at or before k: empty segments start
@@ -343,11 +364,7 @@ impl Layout {
         while k < n {
             let (seg, idx) = self.locate(k0 + k);
             let here = ((self.sizes[seg] - idx) as usize).min(n - k).min(piece);
-            if open.as_ref().map(|(s, _)| *s) != Some(seg) {
-                let path = root.join(segment_file_name(seg as u64 + 1));
-                *open = Some((seg, File::open(path)?));
-            }
-            let f = &open.as_ref().expect("opened above").1;
+            let f = segment_file(root, open, seg)?;
             let bytes = &mut buf[k * ps..(k + here) * ps];
             f.read_exact_at(bytes, idx * ps as u64)?;
             look(k, f, seg as u64 * self.pps + idx, bytes)?;
@@ -568,22 +585,19 @@ impl Reread {
         self.headers.resize(n, [0; WAL_RECORD_HEADER_LEN]);
         self.ok.clear();
         self.ok.resize(n, false);
-        let mut open: Option<(u64, File)> = None;
+        let mut open = None;
         let mut k = 0;
         while k < n {
             let (first, _, _) = self.pages[k];
-            let seg = first / l.pps + 1;
+            let seg = first / l.pps;
             let mut run = 1;
             while k + run < n
                 && self.pages[k + run].0 == first + run as u64
-                && self.pages[k + run].0 / l.pps + 1 == seg
+                && self.pages[k + run].0 / l.pps == seg
             {
                 run += 1;
             }
-            if open.as_ref().map(|(s, _)| *s) != Some(seg) {
-                open = Some((seg, File::open(root.join(segment_file_name(seg)))?));
-            }
-            let f = &open.as_ref().expect("opened above").1;
+            let f = segment_file(root, &mut open, seg as usize)?;
             let off = (first % l.pps) * ps as u64;
             f.read_exact_at(&mut self.buf[k * ps..(k + run) * ps], off)?;
             for r in k..k + run {
@@ -623,12 +637,8 @@ fn send(
     let ps = l.ps;
     let batch_pages = (BATCH_BYTES / ps).max(1);
     let batches: Vec<&[(u64, u64)]> = found.chunks(batch_pages).collect();
-    // Readers only if some page was not kept.
-    let workers = if found.iter().all(|&(_, id)| kept.index(id).is_some()) {
-        0
-    } else {
-        readers()
-    };
+    // Readers only if pass 1a did not keep every page.
+    let workers = if kept.len < l.pages() { readers() } else { 0 };
     std::thread::scope(|s| {
         let mut to_readers = Vec::new();
         let mut from_readers = Vec::new();
