@@ -2,19 +2,22 @@
 //! real binaries on real files. Each test failed on the code before the
 //! fix; the comment above it says how.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::stream::zstd_bomb;
 
+use common::{stderr, wait_for};
 use quiverdb_follower::format::layout::{pages_per_segment, segment_file_name};
 use quiverdb_follower::{DbLock, StdFs};
-use testkit::stream::StreamBuilder;
+use testkit::child::run_with_input;
+use testkit::stream::{zstd_bomb, StreamBuilder};
 
 const APPLY: &str = env!("CARGO_BIN_EXE_qdb-apply");
 const CKPT: &str = env!("CARGO_BIN_EXE_qdb-ckpt");
@@ -42,23 +45,6 @@ fn cmd(bin: &str, args: &[&dyn AsRef<OsStr>]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c
-}
-
-/// Run with `stdin` bytes fed on a thread.
-fn run_with(mut c: Command, stdin: &[u8]) -> Output {
-    let mut child = c.stdin(Stdio::piped()).spawn().unwrap();
-    let mut w = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let t = std::thread::spawn(move || {
-        let _ = w.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    t.join().unwrap();
-    out
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Limit the child's open files (soft and hard) to `n`, as `ulimit -n n`.
@@ -98,7 +84,7 @@ fn a_follower_of_3000_segments_applies_resumes_and_checks_under_ulimit_128() {
     let first: Vec<(u64, u64)> = (0..SEGS / 2).map(|k| (k * pps + k % 7, k + 1)).collect();
     let mut c = cmd(APPLY, &[&"--path", &db]);
     limit_nofile(&mut c, 128);
-    let out = run_with(c, &stream(ps, &first));
+    let out = run_with_input(c, &stream(ps, &first));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(meta_of(&db).last_lsn, SEGS / 2);
 
@@ -113,7 +99,7 @@ fn a_follower_of_3000_segments_applies_resumes_and_checks_under_ulimit_128() {
     }
     let mut c = cmd(APPLY, &[&"--path", &db]);
     limit_nofile(&mut c, 128);
-    let out = run_with(c, &stream(ps, &second));
+    let out = run_with_input(c, &stream(ps, &second));
     assert!(out.status.success(), "{}", stderr(&out));
     let m = meta_of(&db);
     assert_eq!(
@@ -132,7 +118,7 @@ fn a_follower_of_3000_segments_applies_resumes_and_checks_under_ulimit_128() {
     let mut c = cmd(APPLY, &[&"--path", &db]);
     limit_nofile(&mut c, 128);
     c.env("RUST_LOG", "info");
-    let out = run_with(c, &stream(ps, &second));
+    let out = run_with_input(c, &stream(ps, &second));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("records={SEGS} applied=0 skipped={SEGS}")),
@@ -218,7 +204,7 @@ fn wait_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 fn a_non_utf8_checkpoint_path_is_written_under_that_very_name() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("db");
-    let out = run_with(
+    let out = run_with_input(
         cmd(APPLY, &[&"--path", &db]),
         &stream(4096, &[(0, 1), (1, 2)]),
     );
@@ -256,7 +242,7 @@ fn a_non_utf8_checkpoint_path_is_written_under_that_very_name() {
 fn a_symlinked_checkpoint_is_refused_with_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("db");
-    let out = run_with(cmd(APPLY, &[&"--path", &db]), &stream(4096, &[(0, 1)]));
+    let out = run_with_input(cmd(APPLY, &[&"--path", &db]), &stream(4096, &[(0, 1)]));
     assert!(out.status.success(), "{}", stderr(&out));
     let target = tmp.path().join("real_ck");
     fs::write(&target, b"0").unwrap();
@@ -300,7 +286,7 @@ fn replaced_files_go_through_exclusive_random_temp_files_and_leftovers_are_remov
     fs::write(db.join(".dir.0123456789ab.tmp"), b"stale").unwrap();
     fs::write(db.join(".meta.notours"), b"keep").unwrap();
     fs::write(db.join("meta.tmp.keep"), b"keep").unwrap();
-    let out = run_with(
+    let out = run_with_input(
         cmd(APPLY, &[&"--path", &db, &"--buckets", &"8"]),
         &stream(4096, &[(0, 1), (1, 2)]),
     );
@@ -363,14 +349,24 @@ fn a_deleted_lock_file_stops_the_running_applier_before_it_commits() {
     let rec = (s.len() - 16) / 3;
     // The header and the first record; the pause makes it commit.
     w1.write_all(&s[..16 + rec]).unwrap();
-    wait_for(|| db.join("meta").exists() && meta_of(&db).last_lsn == 1);
+    wait_for(
+        "the first commit",
+        Duration::from_secs(20),
+        String::new,
+        || db.join("meta").exists() && meta_of(&db).last_lsn == 1,
+    );
     fs::remove_file(db.join("LOCK")).unwrap();
     // A second applier now gets a lock of its own (and holds it).
     let mut second = cmd(APPLY, &[&"--path", &db])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(|| db.join("LOCK").exists());
+    wait_for(
+        "the second lock",
+        Duration::from_secs(20),
+        String::new,
+        || db.join("LOCK").exists(),
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert!(second.try_wait().unwrap().is_none());
     // More data for the first: it must refuse to commit it. It may have
@@ -401,14 +397,6 @@ fn a_deleted_lock_file_stops_the_running_applier_before_it_commits() {
     let _ = wait_deadline(&mut second, Duration::from_secs(10));
 }
 
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < end, "timed out");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 // ---- Defect 11: a stream behind the follower ------------------------------------
 
 /// Before: a session whose every record is older than the follower (a
@@ -417,14 +405,14 @@ fn wait_for(mut cond: impl FnMut() -> bool) {
 fn a_stream_entirely_behind_the_follower_is_warned_about_once() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("db");
-    let out = run_with(
+    let out = run_with_input(
         cmd(APPLY, &[&"--path", &db]),
         &stream(4096, &[(0, 1), (1, 2), (2, 3), (0, 40)]),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stderr.is_empty() || !stderr(&out).contains("below"));
     let restarted = stream(4096, &[(0, 1), (1, 2), (2, 3), (3, 4), (1, 5)]);
-    let out = run_with(cmd(APPLY, &[&"--path", &db]), &restarted);
+    let out = run_with_input(cmd(APPLY, &[&"--path", &db]), &restarted);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -437,7 +425,7 @@ fn a_stream_entirely_behind_the_follower_is_warned_about_once() {
     // Page 3 was new to the follower: gating applied it all the same.
     assert_eq!(meta_of(&db).next_page_id, 4);
     // A normal resume (records newer than the follower) says nothing.
-    let out = run_with(cmd(APPLY, &[&"--path", &db]), &stream(4096, &[(0, 41)]));
+    let out = run_with_input(cmd(APPLY, &[&"--path", &db]), &stream(4096, &[(0, 41)]));
     assert!(
         out.status.success() && out.stderr.is_empty(),
         "{}",
@@ -560,7 +548,7 @@ fn the_lock_error_is_worded_for_each_tool() {
         "error: the follower database {0} is locked by another process (flock on {0}/LOCK): another qdb-apply or quiverdb-follower is running on it; ",
         db.display()
     );
-    let out = run_with(cmd(APPLY, &[&"--path", &db]), &stream(4096, &[(0, 1)]));
+    let out = run_with_input(cmd(APPLY, &[&"--path", &db]), &stream(4096, &[(0, 1)]));
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(
         stderr(&out),
