@@ -10,12 +10,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use testkit::stream::zstd_bomb;
+use testkit::stream::{zstd_bomb, zstd_long27};
 
 use child::{Daemon, DAEMON, WAIT};
 use common::{assert_one_line_error, read_last_lsn, wait_for, LoggedChild};
@@ -290,24 +289,6 @@ fn empty_path_and_bad_listen_values_are_exit_2_and_create_nothing() {
 }
 
 // ---- Item 5: the zstd window cap in the daemon ---------------------------------
-
-/// `zstd -q -c --long=27`, through a pipe (so the window is not shrunk to
-/// the input's size).
-fn zstd_long27(data: &[u8]) -> Vec<u8> {
-    let mut z = Command::new("zstd")
-        .args(["-q", "-c", "--long=27"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the zstd CLI (apt-get install zstd)");
-    let mut zin = z.stdin.take().unwrap();
-    let d = data.to_vec();
-    let t = thread::spawn(move || zin.write_all(&d).unwrap());
-    let out = z.wait_with_output().unwrap().stdout;
-    t.join().unwrap();
-    assert_eq!(out[5] >> 3, 27 - 10, "the frame declares a 2^27 window");
-    out
-}
 
 /// Before: the daemon had no --zstd-window-log-max (so it could not take a
 /// `zstd --long=27` stream at all), and its refusal named an option it did

@@ -17,7 +17,7 @@ use common::{stderr, wait_for};
 use quiverdb_follower::format::layout::{pages_per_segment, segment_file_name};
 use quiverdb_follower::{DbLock, StdFs};
 use testkit::child::run_with_input;
-use testkit::stream::{zstd_bomb, StreamBuilder};
+use testkit::stream::{zstd_bomb, zstd_long27, StreamBuilder};
 
 const APPLY: &str = env!("CARGO_BIN_EXE_qdb-apply");
 const CKPT: &str = env!("CARGO_BIN_EXE_qdb-ckpt");
@@ -496,23 +496,12 @@ fn unzip_rss(args: &[&str], input: &[u8]) -> (i32, String, u64, i64) {
 fn qdb_unzip_peak_rss_stays_under_64_mib_for_long_windows_and_bombs() {
     const CAP_KIB: i64 = 64 * 1024;
     let refused = "error: zstd: a frame needs a window larger than 8 MiB (2^23 bytes), at or after input byte 0: wal-ship never needs more; for a stream made with `zstd --long=N`, raise the limit with --zstd-window-log-max N (memory grows with it)\n";
-    // A real `zstd --long=27` stream (through a pipe, so the window is not
-    // shrunk to the input size).
+    // A real `zstd --long=27` stream.
     let wal = stream(
         4096,
         &(0..2000).map(|i| (i % 300, i + 1)).collect::<Vec<_>>(),
     );
-    let mut z = Command::new("zstd")
-        .args(["-q", "-c", "--long=27"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the zstd CLI (apt-get install zstd)");
-    let mut zin = z.stdin.take().unwrap();
-    let w2 = wal.clone();
-    let t = std::thread::spawn(move || zin.write_all(&w2).unwrap());
-    let long = z.wait_with_output().unwrap().stdout;
-    t.join().unwrap();
+    let long = zstd_long27(&wal);
     let (code, err, decoded, rss) = unzip_rss(&[], &long);
     assert_eq!((code, err.as_str(), decoded), (1, refused, 0));
     assert!(rss < CAP_KIB, "--long=27 refused: peak RSS {rss} KiB");

@@ -352,6 +352,26 @@ fn describe_page(d: &[u8]) -> String {
     }
 }
 
+/// `zstd -q -c --long=27` of `data`, through a pipe (so the window is not
+/// shrunk to the input's size): a real stream that needs a 128 MiB window.
+pub fn zstd_long27(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut z = Command::new("zstd")
+        .args(["-q", "-c", "--long=27"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the zstd CLI (apt-get install zstd)");
+    let mut zin = z.stdin.take().unwrap();
+    let d = data.to_vec();
+    let t = std::thread::spawn(move || zin.write_all(&d).unwrap());
+    let out = z.wait_with_output().unwrap().stdout;
+    t.join().unwrap();
+    assert_eq!(out[5] >> 3, 27 - 10, "the frame declares a 2^27 window");
+    out
+}
+
 /// A zstd frame (window 2^window_log, no content size, no checksum): one
 /// raw block with `prefix`, then `blocks` RLE blocks of 128 KiB of zeros,
 /// 4 bytes each: 1 GiB costs 32 KiB.
