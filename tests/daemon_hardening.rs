@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use testkit::stream::{zstd_bomb, zstd_long27};
 
 use child::{Daemon, DAEMON, WAIT};
 use common::{assert_one_line_error, read_last_lsn, wait_for, LoggedChild};
-use testkit::stream::{StreamBuilder, StreamIndex};
+use testkit::stream::{zstd_bomb, zstd_long27, StreamBuilder, StreamIndex};
 
 /// Peak RSS the daemon must stay under in every default case.
 const RSS_CAP_KIB: u64 = 64 * 1024;
