@@ -86,12 +86,17 @@ impl Proc {
 
     fn stop(&mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// The exit status, within 20 s (else the test fails with the log).
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
         let end = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < end, "did not stop\n{}", self.log());
+            assert!(Instant::now() < end, "did not end\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -140,14 +145,7 @@ fn qdb_recv_with_mutual_tls_feeds_qdb_apply() {
     let stream = stream(CASE);
     send(port, &pki.client(Some("client")), Some(TOKEN), &stream).unwrap();
     let mut recv = recv;
-    let end = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = recv.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < end, "qdb-recv did not end\n{}", recv.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = recv.wait_exit();
     assert!(status.success(), "{}", recv.log());
     assert_eq!(fs::read(&out).unwrap(), stream);
     let db = work.path().join("db");
@@ -549,14 +547,7 @@ fn qdb_recv_connects_with_a_client_certificate_and_a_token() {
     args.extend(pki.client_args());
     let mut recv = Proc::spawn("qdb-recv", &args, Some(&out));
     server.join().unwrap().unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = recv.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < end, "qdb-recv did not end\n{}", recv.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = recv.wait_exit();
     assert!(status.success(), "{}", recv.log());
     assert!(
         fs::read(&out).unwrap() == wal,
