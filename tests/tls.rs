@@ -140,11 +140,10 @@ fn qdb_recv_with_mutual_tls_feeds_qdb_apply() {
     let out = work.path().join("stream");
     let mut args = vec!["--listen".to_string(), "127.0.0.1:0".into()];
     args.extend(pki.server_args(true));
-    let recv = Proc::spawn("qdb-recv", &args, Some(&out));
+    let mut recv = Proc::spawn("qdb-recv", &args, Some(&out));
     let port = recv.port();
     let stream = stream(CASE);
     send(port, &pki.client(Some("client")), Some(TOKEN), &stream).unwrap();
-    let mut recv = recv;
     let status = recv.wait_exit();
     assert!(status.success(), "{}", recv.log());
     assert_eq!(fs::read(&out).unwrap(), stream);
