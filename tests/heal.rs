@@ -170,6 +170,19 @@ fn run(args: &[&str], stdin: Option<&[u8]>) -> (i32, String) {
     )
 }
 
+/// `qdb-restore --path DB --from BACKUP EXTRA...`: (exit code, stderr).
+fn restore_from(db: &Path, backup: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![
+        "qdb-restore",
+        "--path",
+        db.to_str().unwrap(),
+        "--from",
+        backup.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args, None)
+}
+
 fn tar_of(dir: &Path, names: &[&str]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for n in names {
@@ -216,16 +229,7 @@ fn full_backup_restores_the_leader_files_from_a_folder_and_from_tar_zstd_gzip() 
         let db = tmp.path().join(name);
         let db_s = db.to_str().unwrap();
         let (code, err) = match input {
-            None => run(
-                &[
-                    "qdb-restore",
-                    "--path",
-                    db_s,
-                    "--from",
-                    bk.to_str().unwrap(),
-                ],
-                None,
-            ),
+            None => restore_from(&db, &bk, &[]),
             Some(bytes) => run(&["qdb-restore", "--path", db_s, "-"], Some(bytes)),
         };
         assert_eq!((code, err.as_str()), (0, ""), "{name}");
@@ -275,16 +279,7 @@ fn incremental_backup_above_the_complete_lsn_is_refused_unless_forced() {
     let bk = tmp.path().join("bk");
     make_backup("c03-churn", Some(have + 50), &bk);
     let before = files(&f);
-    let (code, err) = run(
-        &[
-            "qdb-restore",
-            "--path",
-            f.to_str().unwrap(),
-            "--from",
-            bk.to_str().unwrap(),
-        ],
-        None,
-    );
+    let (code, err) = restore_from(&f, &bk, &[]);
     assert_eq!(code, 1);
     assert_eq!(
         err,
@@ -297,31 +292,12 @@ fn incremental_backup_above_the_complete_lsn_is_refused_unless_forced() {
     assert_eq!(files(&f), before);
     // A missing follower is complete up to 0.
     let g = tmp.path().join("g");
-    let (code, err) = run(
-        &[
-            "qdb-restore",
-            "--path",
-            g.to_str().unwrap(),
-            "--from",
-            bk.to_str().unwrap(),
-        ],
-        None,
-    );
+    let (code, err) = restore_from(&g, &bk, &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--since-lsn 0`"), "{err}");
     assert!(files(&g).is_empty());
     // --force restores it; last_lsn follows the snapshot.
-    let (code, err) = run(
-        &[
-            "qdb-restore",
-            "--path",
-            f.to_str().unwrap(),
-            "--from",
-            bk.to_str().unwrap(),
-            "--force",
-        ],
-        None,
-    );
+    let (code, err) = restore_from(&f, &bk, &["--force"]);
     assert_eq!((code, err.as_str()), (0, ""));
     let m = quiverdb_follower::read_meta(&StdFs, &f).unwrap().unwrap();
     assert_eq!(m.last_lsn, 1191);
@@ -342,10 +318,7 @@ fn bad_backup(mangle: impl FnOnce(&Path), stdin_tar: Option<&[&str]>, want: &str
     let before = files(&f);
     let f_s = f.to_str().unwrap();
     let (code, err) = match stdin_tar {
-        None => run(
-            &["qdb-restore", "--path", f_s, "--from", bk.to_str().unwrap()],
-            None,
-        ),
+        None => restore_from(&f, &bk, &[]),
         Some(names) => run(
             &["qdb-restore", "--path", f_s, "-"],
             Some(&tar_of(&bk, names)),
@@ -424,16 +397,7 @@ fn bad_input_page_size_mismatch() {
     )
     .unwrap();
     let before = files(&f);
-    let (code, err) = run(
-        &[
-            "qdb-restore",
-            "--path",
-            f.to_str().unwrap(),
-            "--from",
-            bk.to_str().unwrap(),
-        ],
-        None,
-    );
+    let (code, err) = restore_from(&f, &bk, &[]);
     assert_eq!(
         (code, err),
         (
@@ -926,10 +890,7 @@ fn real_leader_backup_restore_promote() {
         .args(["-a", fs_, g.to_str().unwrap()])
         .status()
         .unwrap();
-    let (code, err) = run(
-        &["qdb-restore", "--path", fs_, "--from", bk.to_str().unwrap()],
-        None,
-    );
+    let (code, err) = restore_from(&f, &bk, &[]);
     assert_eq!((code, err.as_str()), (0, ""));
     let zst = zstd::encode_all(
         &tar_of(&bk, &["manifest.json", "pages.bin", "dir.bin"])[..],
@@ -972,16 +933,7 @@ fn real_leader_backup_restore_promote() {
         "--since-lsn",
         &complete.to_string(),
     ]);
-    let (code, err) = run(
-        &[
-            "qdb-restore",
-            "--path",
-            fs_,
-            "--from",
-            bk2.to_str().unwrap(),
-        ],
-        None,
-    );
+    let (code, err) = restore_from(&f, &bk2, &[]);
     assert_eq!((code, err.as_str()), (0, ""));
     p.assert_equal(&l, &f);
 
